@@ -1,0 +1,48 @@
+"""Deadlines, one policy end to end: fixed at admission, carried as Celery `expires`, checked last here.
+
+Celery already drops a message whose `expires` has passed when a worker receives it and again before it
+hands it to a pool process. `DeadlineTask` checks once more as the body is about to run (a message can
+wait in a busy child process), marks the task REVOKED like Celery does, and never runs it late.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Ignore
+
+from tasks.logs import log_event
+
+log = logging.getLogger(__name__)
+
+
+def expires_at(deadline_ms: int) -> datetime:
+    """Celery `expires` for an epoch-millisecond deadline: an aware UTC datetime, never relative
+    seconds, so that clock skew between producer and worker cannot stretch it."""
+    return datetime.fromtimestamp(deadline_ms / 1000, tz=UTC)
+
+
+def parse_expires(value: Any) -> datetime | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        parsed = value
+    else:
+        parsed = datetime.fromisoformat(str(value))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+class DeadlineTask(Task):
+    abstract = True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        expires = parse_expires(getattr(self.request, "expires", None))
+        if expires is not None and expires <= datetime.now(UTC):
+            task_id = self.request.id
+            log_event(log, "ttl_expired", source="worker", key=kwargs.get("claim_id") or task_id, task_id=task_id)
+            self.backend.mark_as_revoked(task_id, reason="expired", request=self.request)
+            raise Ignore()
+        return super().__call__(*args, **kwargs)

@@ -1,0 +1,87 @@
+"""Structured logging: one JSON object a line on stderr, with the event vocabulary of CONTRACT.md.
+
+Every process calls `configure_logging(service, settings)` once; code logs events with
+`log_event(logger, "queue_enqueued", depth=3, ...)`. Ids travel as fields, never inside messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+from pythonjsonlogger.json import JsonFormatter
+
+from settings import Settings
+
+_RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+class _ServiceFilter(logging.Filter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.service = self.service
+        if not hasattr(record, "event"):
+            record.event = "log"
+        return True
+
+
+class _NoPayloads(logging.Filter):
+    """Celery's task trace lines carry the task's arguments and return value: keep ids, drop payloads."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        data = record.__dict__.get("data")
+        if isinstance(data, dict) and {"args", "kwargs", "return_value"} & data.keys():
+            record.data = {k: v for k, v in data.items() if k not in {"args", "kwargs", "return_value"}}
+            record.msg, record.args = "%s", (record.data.get("description") or record.data.get("name", "task"),)
+        return True
+
+
+class _JsonLines(JsonFormatter):
+    def add_fields(self, log_record: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
+        super().add_fields(log_record, record, message_dict)
+        log_record["ts"] = round(record.created, 3)
+        log_record["level"] = record.levelname.lower()
+        if log_record.get("message") in ("", record.__dict__.get("event")):
+            log_record.pop("message", None)
+
+
+class _Text(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        base = super().format(record)
+        extra = {k: v for k, v in record.__dict__.items() if k not in _RESERVED and k not in {"service", "event"}}
+        fields = " ".join(f"{k}={v}" for k, v in extra.items())
+        return f"{base} {fields}".rstrip()
+
+
+def configure_logging(service: str, settings: Settings, level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_ServiceFilter(service))
+    handler.addFilter(_NoPayloads())
+    if settings.log_format == "json":
+        handler.setFormatter(_JsonLines("%(service)s %(event)s %(message)s", reserved_attrs=list(_RESERVED - {"message"})))
+    else:
+        handler.setFormatter(_Text("%(asctime)s %(levelname)s %(service)s %(event)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # waitress warns "Task queue depth is N" on every request it queues under load: that is our
+    # admission's job to report (queue_* events and metrics), not a warning per request.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    # Celery logs every task success at INFO (with its return value): our own events say it better.
+    logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
+    for noisy in ("kafka", "urllib3", "botocore", "werkzeug"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def log_event(logger: logging.Logger, event: str, /, level: int = logging.INFO, **fields: Any) -> None:
+    """Log one CONTRACT.md event; the message is the event name, the fields carry the data."""
+    logger.log(level, event, extra={"event": event, **fields})
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,19 @@
+"""Metric names, in one place. Every process registers what it exports from here."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS_S = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30)
+
+ADMISSION = Counter(
+    "inference_admission_total",
+    "Admission decisions for /predict by outcome",
+    ["outcome"],  # accepted, shed_full, shed_deadline, cached, unavailable, invalid
+)
+QUEUE_DEPTH = Gauge("inference_queue_depth", "Messages waiting in a Redis queue (all priority keys)", ["queue"])
+DRAIN_RATE = Gauge("inference_queue_drain_rate", "Completions per second (EWMA) of a queue", ["queue"])
+REQUEST_LATENCY = Histogram(
+    "inference_http_request_duration_seconds", "HTTP request latency", ["endpoint", "status"], buckets=LATENCY_BUCKETS_S
+)
+EXPIRED = Counter("inference_expired_total", "Work dropped because its deadline passed", ["stage"])

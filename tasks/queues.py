@@ -1,0 +1,95 @@
+"""Queue length and drain rate: what admission (HTTP and Kafka) decides on, in one Redis round trip.
+
+Kombu's Redis transport keeps a queue as a list, plus one list per priority step (`<queue>\\x06\\x16<n>`),
+so the length of a queue is the sum over all of its keys. LLEN counts messages not yet taken by a
+worker: expired ones until a worker pulls them, not prefetched or running ones.
+
+The drain rate comes from a counter that workers increment as they finish work (`record_completed`);
+admission samples it with the queue length, and an EWMA of its slope gives completions per second.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+import redis
+from kombu.transport.redis import PRIORITY_STEPS, Channel
+
+PRIORITY_SEP = Channel.sep
+RETRY_AFTER_MAX_S = 30
+
+
+def queue_keys(queue: str) -> list[str]:
+    return [queue] + [f"{queue}{PRIORITY_SEP}{step}" for step in PRIORITY_STEPS if step]
+
+
+def completed_key(queue: str) -> str:
+    return f"inference:completed:{queue}"
+
+
+def record_completed(client: redis.Redis, queue: str, count: int = 1) -> None:
+    client.incrby(completed_key(queue), count)
+
+
+@dataclass(frozen=True)
+class QueueSample:
+    depth: int
+    completed: int
+    at: float
+
+
+class QueueProbe:
+    def __init__(self, client: redis.Redis, queue: str) -> None:
+        self.client = client
+        self.queue = queue
+        self.keys = queue_keys(queue)
+
+    def sample(self) -> QueueSample:
+        """Queue length and the completion counter, in one pipelined round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in self.keys:
+            pipe.llen(key)
+        pipe.get(completed_key(self.queue))
+        *lengths, completed = pipe.execute()
+        return QueueSample(sum(lengths), int(completed or 0), time.monotonic())
+
+    def depth(self) -> int:
+        return self.sample().depth
+
+
+class DrainRate:
+    """Completions per second, as an exponentially weighted moving average of the counter's slope.
+
+    `alpha` 0.3 over samples at least `min_interval_s` apart follows a change in worker capacity within
+    a few seconds without jumping at every scheduling hiccup."""
+
+    def __init__(self, alpha: float = 0.3, min_interval_s: float = 0.5) -> None:
+        self.alpha = alpha
+        self.min_interval_s = min_interval_s
+        self.rate = 0.0
+        self._primed = False
+        self._last: QueueSample | None = None
+        self._lock = threading.Lock()
+
+    def observe(self, sample: QueueSample) -> float:
+        with self._lock:
+            last = self._last
+            if last is None or sample.completed < last.completed:
+                self._last = sample
+            elif sample.at - last.at >= self.min_interval_s:
+                instant = (sample.completed - last.completed) / (sample.at - last.at)
+                self.rate = self.alpha * instant + (1 - self.alpha) * self.rate if self._primed else instant
+                self._primed = True
+                self._last = sample
+            return self.rate
+
+
+def retry_after_s(depth: int, rate_per_s: float, cap_s: int = RETRY_AFTER_MAX_S) -> int:
+    """Seconds until the queue has drained enough to admit again: queue length over drain rate, rounded
+    up, at least 1, capped (with no measured drain, the cap)."""
+    if rate_per_s <= 0:
+        return cap_s
+    return max(1, min(cap_s, math.ceil(depth / rate_per_s)))

@@ -1,0 +1,127 @@
+"""Results without per-task subscriptions: one thread collects every awaited result with batched MGETs.
+
+Celery's Redis backend subscribes a pub/sub channel per `apply_async` and only unsubscribes when the
+result is fetched, so results never fetched (a caller that gave up at its deadline) leak subscriptions,
+and `AsyncResult.get()` from many threads shares one connection per thread. Here producers use
+`ResultBackend` (no subscription at send time) and a single `ResultCollector` thread polls the result
+keys of everything awaited, resolves each waiter's future, and deletes the keys it has read.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from celery import states
+from celery.backends.redis import RedisBackend
+
+log = logging.getLogger(__name__)
+
+
+class ResultBackend(RedisBackend):
+    """Celery's Redis result backend, minus the pub/sub subscription made for every task sent."""
+
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    task_id: str
+    state: str
+    result: Any
+
+    @property
+    def ok(self) -> bool:
+        return self.state == states.SUCCESS
+
+    @property
+    def expired(self) -> bool:
+        return self.state == states.REVOKED
+
+
+class ResultCollector:
+    """Poll the result keys of awaited tasks; resolve a Future per task. Thread-safe `watch`/`forget`.
+
+    The poll interval is the latency it adds to every answer, on average half of it: 2 ms costs one
+    MGET per 2 ms while anything is awaited, and nothing while idle."""
+
+    def __init__(self, client: redis.Redis, backend: RedisBackend, *, interval_s: float = 0.002,
+                 batch: int = 512, delete_after_read: bool = True) -> None:
+        self.client = client
+        self.backend = backend
+        self.interval_s = interval_s
+        self.batch = batch
+        self.delete_after_read = delete_after_read
+        self._pending: dict[str, Future[Outcome]] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="result-collector", daemon=True)
+
+    def start(self) -> ResultCollector:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=2)
+
+    def watch(self, task_id: str) -> Future[Outcome]:
+        future: Future[Outcome] = Future()
+        with self._lock:
+            self._pending[task_id] = future
+        self._wake.set()
+        return future
+
+    def forget(self, task_ids: Iterable[str]) -> None:
+        """Stop waiting for these tasks (the caller gave up); a late result expires with `result_expires`."""
+        with self._lock:
+            for task_id in task_ids:
+                self._pending.pop(task_id, None)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                ids = list(self._pending)
+            if not ids:
+                self._wake.wait(timeout=0.5)
+                self._wake.clear()
+                continue
+            try:
+                for start in range(0, len(ids), self.batch):
+                    self._collect(ids[start:start + self.batch])
+            except redis.RedisError as error:
+                log.warning("result collection failed: %s", type(error).__name__, extra={"event": "results_unavailable"})
+                self._stop.wait(0.1)
+                continue
+            self._stop.wait(self.interval_s)
+
+    def _collect(self, ids: list[str]) -> None:
+        keys = [self.backend.get_key_for_task(task_id) for task_id in ids]
+        ready: list[tuple[str, bytes, Outcome]] = []
+        for task_id, key, raw in zip(ids, keys, self.client.mget(keys), strict=True):
+            if raw is None:
+                continue
+            meta = self.backend.decode_result(raw)
+            if meta["status"] in states.READY_STATES:
+                ready.append((task_id, key, Outcome(task_id, meta["status"], meta["result"])))
+        if not ready:
+            return
+        if self.delete_after_read:
+            self.client.delete(*(key for _, key, _ in ready))
+        with self._lock:
+            futures = [(self._pending.pop(task_id, None), outcome) for task_id, _, outcome in ready]
+        for future, outcome in futures:
+            if future is not None and not future.done():
+                future.set_result(outcome)

@@ -1,0 +1,102 @@
+"""The object store: a small adapter over the MinIO client that speaks our errors.
+
+Works against MinIO, AWS S3 or any S3-compatible server. Every call either returns or raises
+`ObjectMissing` / `StorageUnavailable`; MinIO's and urllib3's exceptions never leave this module.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import urllib3
+from minio import Minio
+from minio.error import MinioException, S3Error
+
+from settings import Settings
+from tasks.errors import ObjectMissing, StorageUnavailable
+
+_MISSING = {"NoSuchKey", "NoSuchBucket", "NoSuchObject"}
+
+
+@contextmanager
+def _translated(what: str) -> Iterator[None]:
+    try:
+        yield
+    except S3Error as error:
+        if error.code in _MISSING:
+            raise ObjectMissing(f"{what}: {error.code}") from None
+        raise StorageUnavailable(f"{what}: {error.code}") from None
+    except (MinioException, urllib3.exceptions.HTTPError, OSError) as error:
+        raise StorageUnavailable(f"{what}: {type(error).__name__}") from None
+
+
+class ObjectStore:
+    def __init__(self, settings: Settings, *, timeout_s: float = 5.0, retries: int = 1) -> None:
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=min(timeout_s, 2.0), read=timeout_s),
+            maxsize=32,
+            retries=urllib3.Retry(total=retries, backoff_factor=0.1, status_forcelist=(500, 502, 503, 504)),
+        )
+        self.client = Minio(
+            settings.s3_endpoint,
+            access_key=settings.s3_access_key.get_secret_value(),
+            secret_key=settings.s3_secret_key.get_secret_value(),
+            secure=settings.s3_secure,
+            http_client=http,
+            region="us-east-1",
+        )
+
+    def ping(self) -> None:
+        with _translated("ping"):
+            self.client.bucket_exists("ping-probe")
+
+    def ensure_bucket(self, bucket: str) -> None:
+        with _translated(f"bucket {bucket}"):
+            if not self.client.bucket_exists(bucket):
+                try:
+                    self.client.make_bucket(bucket)
+                except S3Error as error:
+                    if error.code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+                        raise
+
+    def get_bytes(self, bucket: str, key: str) -> bytes:
+        with _translated(f"{bucket}/{key}"):
+            response = self.client.get_object(bucket, key)
+            try:
+                return response.read()
+            finally:
+                response.close()
+                response.release_conn()
+
+    def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        with _translated(f"{bucket}/{key}"):
+            self.client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+
+    def exists(self, bucket: str, key: str) -> bool:
+        try:
+            with _translated(f"{bucket}/{key}"):
+                self.client.stat_object(bucket, key)
+        except ObjectMissing:
+            return False
+        return True
+
+    def stat(self, bucket: str, key: str) -> Any:
+        with _translated(f"{bucket}/{key}"):
+            return self.client.stat_object(bucket, key)
+
+
+def wait_for_storage(store: ObjectStore, timeout_s: float) -> None:
+    """Block until the object store answers, or raise StorageUnavailable after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            store.ping()
+            return
+        except StorageUnavailable:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)

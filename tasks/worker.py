@@ -1,0 +1,83 @@
+"""Worker process wiring: Celery signals that install the policies of CONTRACT.md on a worker.
+
+- logging: our JSON lines instead of Celery's (`setup_logging`);
+- start-up: wait for Redis and object storage, else exit non-zero with one line (`worker_init`);
+- each pool process: load and prewarm the model, then follow promotions (`worker_process_init`);
+- drain rate: count every finished task, run, failed or expired (`task_postrun`, `task_revoked`);
+- readiness: a heartbeat per worker node in Redis, read by the API's /readyz (`worker_ready`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+import redis
+from celery import signals
+
+from tasks.celery_app import InferenceCelery
+from tasks.heartbeat import Heartbeat
+from tasks.logs import configure_logging, log_event
+from tasks.queues import record_completed
+from tasks.runtime import worker_runtime
+from tasks.startup import StartupFailed, announce, require_services
+
+log = logging.getLogger(__name__)
+
+def install(app: InferenceCelery) -> None:
+    settings = app.settings
+    beats: list[Heartbeat] = []
+
+    @signals.setup_logging.connect(weak=False)
+    def _logging(**_: Any) -> None:
+        configure_logging("worker", settings)
+
+    @signals.worker_init.connect(weak=False)
+    def _startup(**_: Any) -> None:
+        announce("worker", settings)
+        try:
+            require_services(settings)
+        except StartupFailed:
+            os._exit(1)  # Celery swallows exceptions raised in signal handlers
+
+    @signals.worker_process_init.connect(weak=False)
+    def _process_init(**_: Any) -> None:
+        runtime = worker_runtime(settings)
+        if settings.inference_prewarm:
+            runtime.prewarm()
+        runtime.model.watch()
+
+    @signals.task_postrun.connect(weak=False)
+    def _finished(task: Any = None, **_: Any) -> None:
+        queue = (getattr(task.request, "delivery_info", None) or {}).get("routing_key")
+        if queue:
+            _count(queue)
+
+    @signals.task_revoked.connect(weak=False)
+    def _revoked(request: Any = None, expired: bool = False, **_: Any) -> None:
+        if expired and request is not None:
+            key = (request.kwargs or {}).get("claim_id") or request.id
+            log_event(log, "ttl_expired", source="queue", key=key, task_id=request.id)
+        queue = (getattr(request, "delivery_info", None) or {}).get("routing_key")
+        if queue:
+            _count(queue)
+
+    def _count(queue: str) -> None:
+        try:
+            record_completed(worker_runtime(settings).redis, queue)
+        except redis.RedisError:
+            pass  # the drain rate misses one completion; the task itself is unaffected
+
+    @signals.worker_ready.connect(weak=False)
+    def _ready(sender: Any = None, **_: Any) -> None:
+        node = getattr(sender, "hostname", None) or f"worker@{socket.gethostname()}:{os.getpid()}"
+        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=2)
+        beats.append(Heartbeat(client, node).start())
+        log_event(log, "worker_ready", node=node, queues=[settings.celery_queue, settings.celery_batch_queue])
+
+    @signals.worker_shutting_down.connect(weak=False)
+    def _shutting_down(**_: Any) -> None:
+        for beat in beats:
+            beat.stop()

@@ -1,0 +1,34 @@
+"""`python -m webapp`: the API on HOST:PORT, served by waitress."""
+
+import logging
+import sys
+
+from settings import load_settings
+from tasks.logs import configure_logging
+from tasks.startup import announce, require_services
+from webapp import create_app
+from webapp.server import serve
+
+log = logging.getLogger("webapp")
+
+
+def main() -> int:
+    settings = load_settings()
+    configure_logging("webapp", settings)
+    announce("webapp", settings)
+    require_services(settings)
+    app = create_app(settings)
+    gateway = app.extensions["gateway"]
+    if settings.wait_for_model:
+        gateway.catalog.wait_until_loaded(settings.model_wait_timeout)
+
+    def drain() -> None:
+        gateway.draining = True
+
+    serve(app, settings, on_drain=drain)
+    gateway.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""What the views need from the rest of the system, built once per app: Redis, Celery, the result
+collector, admission control and the promoted model's description."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from settings import Settings
+from tasks.celery_app import PREDICT_TASK, create_celery
+from tasks.deadline import expires_at
+from tasks.heartbeat import live_workers
+from tasks.inference import ModelInfo
+from tasks.logs import log_event, now_ms
+from tasks.metrics import ADMISSION, DRAIN_RATE, QUEUE_DEPTH
+from tasks.model_store import ModelStore
+from tasks.queues import DrainRate, QueueProbe, QueueSample, retry_after_s
+from tasks.results import Outcome, ResultCollector
+from tasks.serving import PromotedModel
+from tasks.storage import ObjectStore
+from webapp.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+REDIS_RETRY_AFTER_S = 1
+
+
+def fast_redis(settings: Settings, timeout_s: float) -> redis.Redis:
+    """A client that fails within `timeout_s` instead of retrying: admission must answer, not hang."""
+    return redis.Redis.from_url(
+        settings.redis_url, socket_connect_timeout=min(timeout_s, 0.05), socket_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0), health_check_interval=0, max_connections=settings.http_threads * 2 + 8,
+    )
+
+
+class Gateway:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis = fast_redis(settings, 0.5)
+        self.celery = create_celery(settings, main="webapp")
+        # One pooled broker connection per waitress thread, so no request waits for a producer.
+        self.celery.conf.broker_pool_limit = settings.http_threads + 4
+        self.collector = ResultCollector(fast_redis(settings, 1.0), self.celery.backend)
+        self.probe = QueueProbe(self.redis, settings.celery_queue)
+        self.drain = DrainRate()
+        self.models = ModelStore(settings, ObjectStore(settings, timeout_s=2.0))
+        self.catalog: PromotedModel[ModelInfo] = PromotedModel(
+            self.models, lambda pointer: self.models.describe(pointer)[0], loaded_event="model_discovered"
+        )
+        self.draining = False
+
+    def start(self) -> Gateway:
+        self.collector.start()
+        self.catalog.refresh()
+        self.catalog.watch()
+        return self
+
+    def close(self) -> None:
+        self.catalog.stop()
+        self.collector.stop()
+
+    # -- admission ---------------------------------------------------------------------------------
+
+    def model_info(self) -> ModelInfo | None:
+        return self.catalog.current
+
+    def sample_queue(self) -> QueueSample:
+        try:
+            sample = self.probe.sample()
+        except redis.RedisError:
+            ADMISSION.labels("unavailable").inc()
+            raise ApiError(503, "redis_unavailable", "The queue is unreachable; retry shortly.",
+                           {"Retry-After": str(REDIS_RETRY_AFTER_S)}) from None
+        rate = self.drain.observe(sample)
+        QUEUE_DEPTH.labels(self.settings.celery_queue).set(sample.depth)
+        DRAIN_RATE.labels(self.settings.celery_queue).set(rate)
+        return sample
+
+    def admit(self) -> QueueSample:
+        """Raise 503 when Redis is unreachable and 429 when the interactive queue is at its bound."""
+        settings = self.settings
+        sample = self.sample_queue()
+        if settings.use_bounded_queue and sample.depth >= settings.queue_maxsize:
+            ADMISSION.labels("shed_full").inc()
+            log_event(log, "queue_job_rejected_full", depth=sample.depth, maxsize=settings.queue_maxsize)
+            wait = retry_after_s(sample.depth - settings.queue_maxsize + 1, self.drain.rate)
+            raise ApiError(429, "queue_full", "Too many requests are queued; retry later.", {"Retry-After": str(wait)})
+        return sample
+
+    # -- work --------------------------------------------------------------------------------------
+
+    def predict(self, rows: list[Any], deadline_ms: int, depth: int) -> Outcome:
+        """Enqueue one predict task with the deadline as `expires`; wait for it, at most until the deadline."""
+        settings = self.settings
+        expires = expires_at(deadline_ms) if settings.enable_ttl else None
+        try:
+            result = self.celery.send_task(PREDICT_TASK, args=[rows], expires=expires, queue=settings.celery_queue)
+        except Exception as error:  # kombu raises its own OperationalError family when Redis is gone
+            ADMISSION.labels("unavailable").inc()
+            log.warning("enqueue failed: %s", type(error).__name__, extra={"event": "queue_unavailable"})
+            raise ApiError(503, "redis_unavailable", "The queue is unreachable; retry shortly.",
+                           {"Retry-After": str(REDIS_RETRY_AFTER_S)}) from None
+        ADMISSION.labels("accepted").inc()
+        log_event(log, "queue_enqueued", depth=depth + 1, bounded=settings.use_bounded_queue,
+                  maxsize=settings.queue_maxsize, task_id=result.id)
+        future = self.collector.watch(result.id)
+        try:
+            return future.result(timeout=max(0.0, (deadline_ms - now_ms()) / 1000))
+        except FutureTimeout:
+            self.collector.forget([result.id])
+            log_event(log, "ttl_expired", source="webapp", key=result.id)
+            raise ApiError(504, "deadline_exceeded", "No result before the request's deadline; the work was dropped.") from None
+
+    def readiness(self) -> dict[str, str]:
+        checks: dict[str, str] = {}
+        try:
+            self.redis.ping()
+            checks["redis"] = "ok"
+            workers = live_workers(self.redis)
+            checks["workers"] = "ok" if workers else "no live worker"
+        except redis.RedisError:
+            checks["redis"] = "unreachable"
+            checks["workers"] = "unknown"
+        if self.settings.wait_for_model:
+            checks["model"] = "ok" if self.catalog.current is not None else "no model loaded"
+        if self.draining:
+            checks["draining"] = "shutting down"
+        return checks

@@ -1,0 +1,89 @@
+"""Reading a /predict request: body, shape and deadline headers, before anything touches Redis.
+
+Pure functions of the request's bytes and headers, so every rejection is cheap and unit-testable.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from webapp.errors import ApiError
+
+DEADLINE_HEADER = "X-Request-Deadline-Ms"
+TIMEOUT_HEADER = "X-Request-Timeout-Ms"
+_DECIMAL = re.compile(r"\d{1,16}")
+_KEYS = frozenset({"features", "instances"})
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    rows: list[Any]
+    single: bool
+
+
+def bad_request(code: str, message: str) -> ApiError:
+    return ApiError(400, code, message)
+
+
+def _reject_constant(name: str) -> float:
+    raise bad_request("non_finite_number", f"{name} is not a finite number")
+
+
+def parse_json(mimetype: str, raw: bytes) -> Any:
+    if mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise ApiError(415, "unsupported_media_type", "Send the body as JSON with Content-Type: application/json.")
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise bad_request("invalid_json", "The body is not valid UTF-8.") from None
+    except json.JSONDecodeError as error:
+        raise bad_request("invalid_json", f"The body is not valid JSON: {error.msg} at position {error.pos}.") from None
+    except RecursionError:
+        raise bad_request("invalid_json", "The body is nested too deeply.") from None
+
+
+def parse_predict(body: Any, max_instances: int) -> PredictRequest:
+    """Check the shape: exactly one of `features` (a row) or `instances` (a list of rows)."""
+    if not isinstance(body, dict):
+        raise bad_request("invalid_request", 'The body must be a JSON object with "features" or "instances".')
+    unknown = sorted(set(body) - _KEYS)
+    if unknown:
+        raise bad_request("unknown_field", f"Unknown field(s): {', '.join(unknown)[:200]}.")
+    if len(body) != 1:
+        raise bad_request("invalid_request", 'Send exactly one of "features" or "instances".')
+    if "features" in body:
+        row = body["features"]
+        if not isinstance(row, list) or not row:
+            raise bad_request("invalid_request", '"features" must be a non-empty list of numbers.')
+        return PredictRequest([row], single=True)
+    rows = body["instances"]
+    if not isinstance(rows, list) or not rows:
+        raise bad_request("invalid_request", '"instances" must be a non-empty list of feature rows.')
+    if len(rows) > max_instances:
+        raise ApiError(413, "too_many_instances", f"At most {max_instances} instances per request (got {len(rows)}).")
+    return PredictRequest(rows, single=False)
+
+
+def _header_ms(headers: Mapping[str, str], name: str) -> int | None:
+    value = headers.get(name)
+    if value is None:
+        return None
+    if not _DECIMAL.fullmatch(value.strip()):
+        raise bad_request("invalid_deadline", f"{name} must be a non-negative integer number of milliseconds.")
+    return int(value.strip())
+
+
+def parse_deadline(headers: Mapping[str, str], now_ms: int, default_ttl_ms: int) -> int:
+    """The request's absolute deadline in epoch milliseconds: the earliest of the headers, else the default."""
+    candidates = []
+    absolute = _header_ms(headers, DEADLINE_HEADER)
+    if absolute is not None:
+        candidates.append(absolute)
+    relative = _header_ms(headers, TIMEOUT_HEADER)
+    if relative is not None:
+        candidates.append(now_ms + relative)
+    return min(candidates) if candidates else now_ms + default_ttl_ms

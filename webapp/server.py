@@ -1,0 +1,145 @@
+"""Serving the app with waitress: a fast lane for probes, and a graceful drain on SIGTERM.
+
+Fast lane: waitress hands every request to one pool of `HTTP_THREADS` threads, in arrival order, so
+when all of them wait on slow /predict calls a health probe would wait too. `ProbeFirstDispatcher`
+sends a connection whose next request is `GET /healthz` (or `/metrics`) to its own thread instead.
+
+Drain: the first SIGTERM (or SIGINT) stops accepting connections and turns /readyz to 503, lets the
+requests in flight finish and their responses flush, for at most DRAIN_TIMEOUT_S, then exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from waitress import wasyncore
+from waitress.server import create_server
+from waitress.task import ThreadedTaskDispatcher
+
+from settings import Settings
+from tasks.logs import log_event
+
+log = logging.getLogger(__name__)
+
+FAST_PATHS = frozenset({"/healthz", "/metrics"})
+
+
+class ProbeFirstDispatcher(ThreadedTaskDispatcher):
+    def __init__(self, threads: int, fast_threads: int = 1) -> None:
+        super().__init__()
+        self.set_thread_count(threads)
+        self.fast = ThreadedTaskDispatcher()
+        self.fast.set_thread_count(fast_threads)
+
+    def add_task(self, task: Any) -> None:
+        requests = getattr(task, "requests", None)
+        if requests and requests[0].command == "GET" and requests[0].path in FAST_PATHS:
+            self.fast.add_task(task)
+        else:
+            super().add_task(task)
+
+    @property
+    def idle(self) -> bool:
+        with self.lock:
+            return not self.queue and self.active_count == 0 and not self.fast.queue
+
+    def shutdown(self, cancel_pending: bool = True, timeout: float = 5) -> bool:
+        self.fast.shutdown(cancel_pending, timeout)
+        return super().shutdown(cancel_pending, timeout)
+
+
+class InFlight:
+    """WSGI middleware counting requests from start until their response has been fully produced."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self.app = app
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def _done(self) -> None:
+        with self._lock:
+            self.count -= 1
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        with self._lock:
+            self.count += 1
+        try:
+            body = self.app(environ, start_response)
+        except BaseException:
+            self._done()
+            raise
+        return _Closing(body, self._done)
+
+
+class _Closing:
+    def __init__(self, body: Iterable[bytes], on_close: Callable[[], None]) -> None:
+        self.body = body
+        self.on_close = on_close
+
+    def __iter__(self) -> Any:
+        return iter(self.body)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.body, "close", None)
+            if close:
+                close()
+        finally:
+            self.on_close()
+
+
+def serve(app: Any, settings: Settings, on_drain: Callable[[], None]) -> None:
+    """Run the server in this (main) thread until SIGTERM/SIGINT, then drain and return."""
+    counted = InFlight(app)
+    dispatcher = ProbeFirstDispatcher(settings.http_threads)
+    server = create_server(
+        counted,
+        host=settings.host,
+        port=settings.port,
+        channel_timeout=settings.http_keepalive,
+        connection_limit=max(1000, settings.http_threads * 8),
+        # waitress refuses larger bodies with its own plain-text 413; keep its limit above ours so the
+        # app answers with the JSON error body.
+        max_request_body_size=settings.max_body_bytes * 4,
+        ident="inference-api",
+        _dispatcher=dispatcher,
+    )
+    stopping = threading.Event()
+
+    def _stop(signum: int, _frame: Any) -> None:
+        if stopping.is_set():
+            raise SystemExit(1)  # a second signal: stop now
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    log_event(log, "http_listening", host=settings.host, port=server.effective_port, threads=settings.http_threads)
+    while not stopping.is_set():
+        wasyncore.loop(timeout=0.2, map=server._map, count=1)
+
+    on_drain()
+    log_event(log, "http_draining", in_flight=counted.count, timeout_s=settings.drain_timeout_s)
+    _close_listeners(server._map)
+    deadline = time.monotonic() + settings.drain_timeout_s
+    while time.monotonic() < deadline and not (counted.count == 0 and dispatcher.idle and _flushed(server._map)):
+        wasyncore.loop(timeout=0.05, map=server._map, count=1)
+    left = counted.count
+    for channel in list(server._map.values()):
+        channel.close()
+    dispatcher.shutdown(cancel_pending=True, timeout=1)
+    log_event(log, "http_stopped", unfinished=left)
+
+
+def _close_listeners(socket_map: dict[int, Any]) -> None:
+    for dispatcher in list(socket_map.values()):
+        if getattr(dispatcher, "accepting", False):
+            dispatcher.close()
+
+
+def _flushed(socket_map: dict[int, Any]) -> bool:
+    return all(getattr(channel, "total_outbufs_len", 0) == 0 for channel in socket_map.values())

@@ -1,0 +1,118 @@
+"""HTTP endpoints: each view parses, calls the gateway or the core, and serialises. Nothing more."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from tasks.errors import InvalidInput
+from tasks.inference import validate_rows
+from tasks.logs import now_ms
+from tasks.metrics import ADMISSION, REQUEST_LATENCY
+from webapp.errors import ApiError
+from webapp.gateway import Gateway
+from webapp.openapi import openapi_document
+from webapp.parsing import parse_deadline, parse_json, parse_predict
+
+api = Blueprint("api", __name__)
+
+
+def gateway() -> Gateway:
+    return current_app.extensions["gateway"]
+
+
+def model_unavailable() -> ApiError:
+    return ApiError(503, "model_unavailable", "No model is loaded yet; retry shortly.", {"Retry-After": "1"})
+
+
+@api.post("/predict")
+def predict() -> Response:
+    gw = gateway()
+    settings = gw.settings
+    now = now_ms()
+    # 1. Body and headers: 415, 413, 400. Nothing has touched Redis yet.
+    if request.mimetype != "application/json" and not request.mimetype.endswith("+json"):
+        ADMISSION.labels("invalid").inc()
+        raise ApiError(415, "unsupported_media_type", "Send the body as JSON with Content-Type: application/json.")
+    try:
+        parsed = parse_predict(parse_json(request.mimetype, request.get_data(cache=False)), settings.max_instances)
+        deadline_ms = parse_deadline(request.headers, now, settings.admission_ttl_ms)
+        info = gw.model_info()
+        if info is None:
+            raise model_unavailable()
+        validate_rows(parsed.rows, info.n_features)
+    except InvalidInput as error:
+        ADMISSION.labels("invalid").inc()
+        raise ApiError(400, error.code, error.message) from None
+    except ApiError as error:
+        ADMISSION.labels("invalid" if error.status < 500 else "unavailable").inc()
+        raise
+    # 2. A deadline already reached: 504 without enqueuing. Nobody waits past INFERENCE_TIMEOUT.
+    wait_limit_ms = now + int(settings.inference_timeout * 1000)
+    deadline_ms = min(deadline_ms, wait_limit_ms) if settings.enable_ttl else wait_limit_ms
+    if deadline_ms <= now_ms():
+        ADMISSION.labels("shed_deadline").inc()
+        raise ApiError(504, "deadline_exceeded", "The request's deadline had passed before it could be queued.")
+    # 3. Redis unreachable: 503; queue at its bound: 429. One round trip.
+    sample = gw.admit()
+    # 4. Enqueue and wait, at most until the deadline.
+    outcome = gw.predict(parsed.rows, deadline_ms, sample.depth)
+    if outcome.expired:
+        raise ApiError(504, "deadline_exceeded", "The request's deadline passed while it was queued; it was not run.")
+    if not outcome.ok:
+        raise outcome.result if isinstance(outcome.result, Exception) else RuntimeError("inference failed")
+    result = outcome.result
+    body: dict[str, object] = {"model_version": result["model_version"], "cached": False}
+    if parsed.single:
+        body["prediction"] = result["predictions"][0]
+    else:
+        body["predictions"] = result["predictions"]
+    return jsonify(body)
+
+
+@api.get("/model")
+def model() -> Response:
+    info = gateway().model_info()
+    if info is None:
+        raise model_unavailable()
+    return jsonify(info.public())
+
+
+@api.get("/healthz")
+def healthz() -> Response:
+    return jsonify(status="ok")
+
+
+@api.get("/readyz")
+def readyz() -> Response:
+    checks = gateway().readiness()
+    ready = all(value == "ok" for value in checks.values())
+    response = jsonify(status="ready" if ready else "not_ready", checks=checks)
+    response.status_code = 200 if ready else 503
+    return response
+
+
+@api.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(openapi_document())
+
+
+@api.get("/metrics")
+def metrics() -> Response:
+    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+
+
+@api.before_app_request
+def _started() -> None:
+    request.environ["inference.started"] = time.perf_counter()
+
+
+@api.after_app_request
+def _observed(response: Response) -> Response:
+    started = request.environ.get("inference.started")
+    if started is not None:
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        REQUEST_LATENCY.labels(endpoint, str(response.status_code)).observe(time.perf_counter() - started)
+    return response

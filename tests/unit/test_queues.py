@@ -1,0 +1,34 @@
+"""Queue keys, drain rate and Retry-After: the arithmetic behind load shedding."""
+
+import pytest
+
+from tasks.queues import DrainRate, QueueSample, queue_keys, retry_after_s
+
+
+def test_queue_keys_cover_every_priority_sub_queue() -> None:
+    keys = queue_keys("inference")
+    assert keys[0] == "inference"
+    assert {"inference\x06\x163", "inference\x06\x166", "inference\x06\x169"} <= set(keys)
+
+
+@pytest.mark.parametrize("depth, rate, expected", [
+    (100, 50.0, 2), (100, 30.0, 4), (1, 1000.0, 1), (10_000, 1.0, 30), (5, 0.0, 30),
+])
+def test_retry_after_is_depth_over_drain_rate_rounded_up_and_capped(depth: int, rate: float, expected: int) -> None:
+    assert retry_after_s(depth, rate) == expected
+
+
+def test_drain_rate_follows_the_completion_counter() -> None:
+    rate = DrainRate(alpha=0.5, min_interval_s=0.5)
+    assert rate.observe(QueueSample(0, 0, at=0.0)) == 0.0
+    assert rate.observe(QueueSample(0, 100, at=1.0)) == pytest.approx(100.0)
+    assert rate.observe(QueueSample(0, 150, at=1.2)) == pytest.approx(100.0)  # too soon: unchanged
+    assert rate.observe(QueueSample(0, 200, at=2.0)) == pytest.approx(100.0)
+    assert rate.observe(QueueSample(0, 200, at=3.0)) == pytest.approx(50.0)  # workers stopped: decays
+
+
+def test_drain_rate_survives_a_counter_reset() -> None:
+    rate = DrainRate(min_interval_s=0.1)
+    rate.observe(QueueSample(0, 500, at=0.0))
+    rate.observe(QueueSample(0, 10, at=1.0))
+    assert rate.observe(QueueSample(0, 60, at=2.0)) == pytest.approx(50.0)

@@ -27,6 +27,7 @@ class ManagedProcess:
         self.env = env
         self.log_path = log_dir / f"{name}-{int(time.time() * 1000)}.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.url = ""
 
     def start(self) -> ManagedProcess:
         log = open(self.log_path, "wb")  # noqa: SIM115 - the child owns it
@@ -103,7 +104,7 @@ def start_worker(env: dict[str, str], log_dir: Path, *extra: str, name: str = "w
 
 def start_api(env: dict[str, str], log_dir: Path, port: int, *, ready: bool = True) -> ManagedProcess:
     api = ManagedProcess("api", [PYTHON, "-m", "webapp"], {**env, "PORT": str(port)}, log_dir).start()
-    url = f"http://127.0.0.1:{port}"
+    url = api.url = f"http://127.0.0.1:{port}"
     api.wait_for(lambda: _ok(f"{url}/healthz"), 60, "/healthz 200")
     if ready:
         api.wait_for(lambda: _ok(f"{url}/readyz"), 60, "/readyz 200")

@@ -1,0 +1,115 @@
+"""Deadlines and load shedding end to end: expired work never runs, a full queue answers 429 at once,
+an unreachable Redis answers 503 at once, and each caller hears back by its deadline."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+
+from devtools.processes import ManagedProcess, start_api, start_worker
+from devtools.services import free_port, start_redis
+
+ROW = [50.0, 49.0, 48.5, 47.0, 45.0, 52.0, 51.0, 0.5, 0.86]
+
+
+@pytest.fixture
+def idle_api(module_env: dict[str, str], module_redis: redis.Redis, log_dir: Path) -> Iterator[ManagedProcess]:
+    """An API with no worker behind it (admission needs Redis and a model, not a live worker)."""
+    module_redis.flushdb()
+    server = start_api({**module_env, "QUEUE_MAXSIZE": "3"}, log_dir, free_port(), ready=False)
+    server.wait_for(lambda: bool(server.events("model_discovered")), 30, "the promoted model")
+    yield server
+    server.stop()
+
+
+def post(url: str, timeout_ms: int | None = None) -> requests.Response:
+    headers = {"X-Request-Timeout-Ms": str(timeout_ms)} if timeout_ms is not None else {}
+    return requests.post(f"{url}/predict", json={"features": ROW}, headers=headers, timeout=30)
+
+
+def test_work_that_expires_in_the_queue_is_never_run(
+    idle_api: ManagedProcess, module_env: dict[str, str], module_redis: redis.Redis, log_dir: Path
+) -> None:
+    # Given a request with a 600 ms deadline and no worker to take it
+    started = time.monotonic()
+    response = post(idle_api.url, timeout_ms=600)
+    elapsed = time.monotonic() - started
+    # Then its caller gets 504 no later than the deadline plus 100 ms
+    assert response.status_code == 504 and response.json()["error"]["code"] == "deadline_exceeded"
+    assert 0.55 <= elapsed <= 0.7, f"answered after {elapsed:.3f}s"
+    task_id = idle_api.events("queue_enqueued")[-1]["task_id"]
+    # When a worker starts after the deadline
+    worker = start_worker(module_env, log_dir, "--without-mingle", "--without-gossip")
+    try:
+        worker.wait_for(lambda: any(e.get("task_id") == task_id for e in worker.events("ttl_expired")), 30,
+                        "ttl_expired for the queued task")
+        # Then it dropped the task without running it, and Celery reports it revoked
+        assert not any(e.get("task_id") == task_id for e in worker.events("predict_inference_start"))
+        meta = json.loads(module_redis.get(f"celery-task-meta-{task_id}") or b"{}")
+        assert meta.get("status") == "REVOKED"
+        assert module_redis.llen("inference") == 0
+    finally:
+        worker.stop()
+
+
+def test_a_deadline_already_past_is_504_without_enqueuing(idle_api: ManagedProcess, module_redis: redis.Redis) -> None:
+    for headers in ({"X-Request-Timeout-Ms": "0"}, {"X-Request-Deadline-Ms": str(int(time.time() * 1000) - 1000)}):
+        response = requests.post(f"{idle_api.url}/predict", json={"features": ROW}, headers=headers, timeout=5)
+        assert response.status_code == 504 and response.json()["error"]["code"] == "deadline_exceeded"
+    assert module_redis.llen("inference") == 0
+    assert idle_api.events("queue_enqueued") == []
+
+
+def test_a_full_queue_sheds_with_429_and_a_retry_after(idle_api: ManagedProcess, module_redis: redis.Redis) -> None:
+    # Given the queue filled to its bound (3) by requests that wait for a worker
+    fillers = [threading.Thread(target=post, args=(idle_api.url, 3000)) for _ in range(3)]
+    for thread in fillers:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while module_redis.llen("inference") < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert module_redis.llen("inference") == 3
+    # When more requests arrive
+    responses = [post(idle_api.url, 3000) for _ in range(20)]
+    # Then each is refused at once with 429, a JSON body and an integer Retry-After
+    assert [r.status_code for r in responses] == [429] * 20
+    assert all(r.json()["error"]["code"] == "queue_full" and r.headers["Retry-After"].isdigit() for r in responses)
+    assert all(r.elapsed.total_seconds() < 0.5 for r in responses)
+    rejected = idle_api.events("queue_job_rejected_full")
+    assert len(rejected) == 20 and all(e["depth"] >= 3 and e["maxsize"] == 3 for e in rejected)
+    for thread in fillers:
+        thread.join(10)
+
+
+def test_an_unreachable_redis_is_a_fast_503_and_the_api_recovers(
+    module_env: dict[str, str], log_dir: Path, demo_model: str
+) -> None:
+    # Given an API on a Redis of its own
+    own = start_redis(workdir=log_dir)
+    server = start_api({**module_env, "REDIS_URL": f"redis://{own.address}/0"}, log_dir, free_port(), ready=False)
+    try:
+        server.wait_for(lambda: bool(server.events("model_discovered")), 30, "the promoted model")
+        assert post(server.url, 300).status_code == 504  # admitted, no worker: expires at its deadline
+        # When Redis goes away
+        own.stop()
+        responses = [post(server.url, 5000) for _ in range(20)]
+        # Then every request is answered 503 with Retry-After, fast, and liveness is unaffected
+        assert {r.status_code for r in responses} == {503}
+        assert all(r.json()["error"]["code"] == "redis_unavailable" and r.headers["Retry-After"].isdigit() for r in responses)
+        assert max(r.elapsed.total_seconds() for r in responses) < 0.1
+        assert requests.get(f"{server.url}/healthz", timeout=2).status_code == 200
+        ready = requests.get(f"{server.url}/readyz", timeout=2)
+        assert ready.status_code == 503 and ready.json()["checks"]["redis"] == "unreachable"
+        # And when Redis is back, requests are admitted again without a restart
+        own.start_again()
+        assert post(server.url, 300).status_code == 504
+    finally:
+        server.stop()
+        own.stop()

@@ -28,10 +28,7 @@ def expires_at(deadline_ms: int) -> datetime:
 def parse_expires(value: Any) -> datetime | None:
     if value is None or value == "":
         return None
-    if isinstance(value, datetime):
-        parsed = value
-    else:
-        parsed = datetime.fromisoformat(str(value))
+    parsed = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 

@@ -36,8 +36,9 @@ class _NoPayloads(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         data = record.__dict__.get("data")
         if isinstance(data, dict) and {"args", "kwargs", "return_value"} & data.keys():
-            record.data = {k: v for k, v in data.items() if k not in {"args", "kwargs", "return_value"}}
-            record.msg, record.args = "%s", (record.data.get("description") or record.data.get("name", "task"),)
+            kept = {k: v for k, v in data.items() if k not in {"args", "kwargs", "return_value"}}
+            record.__dict__["data"] = kept
+            record.msg, record.args = "%s", (kept.get("description") or kept.get("name", "task"),)
         return True
 
 

@@ -17,3 +17,16 @@ REQUEST_LATENCY = Histogram(
     "inference_http_request_duration_seconds", "HTTP request latency", ["endpoint", "status"], buckets=LATENCY_BUCKETS_S
 )
 EXPIRED = Counter("inference_expired_total", "Work dropped because its deadline passed", ["stage"])
+
+# The Kafka bridge.
+BRIDGE_IN_FLIGHT = Gauge("bridge_claims_in_flight", "Claims dispatched whose result has not arrived")
+BRIDGE_MAXSIZE = Gauge("bridge_claims_in_flight_max", "The in-flight bound (QUEUE_MAXSIZE)")
+BRIDGE_PAUSED = Gauge("bridge_consumer_paused", "1 while the bridge has paused its partitions")
+BRIDGE_TRANSITIONS = Counter("bridge_flow_transitions_total", "Pauses and resumes of the bridge", ["transition"])
+BRIDGE_RECORDS = Counter(
+    "bridge_records_total",
+    "Records handled by the bridge by outcome",
+    ["outcome"],  # enqueued, completed, expired, dead_lettered, requeued, dropped, model_selected, model_training
+)
+BRIDGE_COMMITTED = Gauge("bridge_committed_offset", "Last offset committed", ["topic", "partition"])
+BRIDGE_ASSIGNED = Gauge("bridge_assigned_partitions", "Partitions assigned to this bridge")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
@@ -14,8 +15,6 @@ from tasks.logs import log_event
 from tasks.model_store import ModelStore
 from tasks.serving import PromotedModel
 from tasks.storage import ObjectStore
-
-import logging
 
 log = logging.getLogger(__name__)
 

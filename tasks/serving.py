@@ -3,15 +3,23 @@
 A holder never serves a half-loaded or refused model: the new version is loaded aside and swapped in
 with one assignment, so work that already took the old model finishes on it. A corrupt or
 incompatible artifact is refused and logged, and the previous model stays in service.
+
+Promotions reach every holder two ways: `watch` polls the pointer every `check_interval_s`, and also
+listens on the Redis channel PROMOTIONS_CHANNEL, where `announce_promotion` (the bridge, on a
+`model-selected` record) publishes right after writing the pointer, so workers switch within
+milliseconds instead of seconds. The channel is only a wake-up: the pointer stays the truth.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
+
+import redis
 
 from tasks.errors import InferenceError, ModelArtifactInvalid, ModelUnavailable
 from tasks.logs import log_event
@@ -19,6 +27,13 @@ from tasks.model_store import ModelStore, Pointer
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+
+PROMOTIONS_CHANNEL = "inference:model-promoted"
+
+
+def announce_promotion(client: redis.Redis, pointer: Pointer) -> int:
+    """Wake every watching holder to re-read the pointer; returns how many listeners got it."""
+    return int(client.publish(PROMOTIONS_CHANNEL, json.dumps(pointer.as_json())))
 
 
 class PromotedModel(Generic[T]):
@@ -70,14 +85,34 @@ class PromotedModel(Generic[T]):
             return True
 
     def watch(self) -> threading.Thread:
-        """Check the pointer every `check_interval_s` in a daemon thread."""
+        """Check the pointer every `check_interval_s` in a daemon thread, and at once on an announced
+        promotion (a second daemon thread listening on PROMOTIONS_CHANNEL)."""
         def loop() -> None:
             while not self._stop.wait(self.check_interval_s):
                 self.refresh()
 
         thread = threading.Thread(target=loop, name="model-watch", daemon=True)
         thread.start()
+        threading.Thread(target=self._listen, name="model-announcements", daemon=True).start()
         return thread
+
+    def _listen(self) -> None:
+        settings = getattr(self.models, "settings", None)
+        if settings is None:
+            return
+        while not self._stop.is_set():
+            client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+            try:
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(PROMOTIONS_CHANNEL)
+                while not self._stop.is_set():
+                    if pubsub.get_message(timeout=1.0) is not None:
+                        self.refresh()
+                pubsub.close()
+            except redis.RedisError:
+                self._stop.wait(1.0)  # Redis is away: the pointer poll still works; listen again later
+            finally:
+                client.close()
 
     def stop(self) -> None:
         self._stop.set()

@@ -8,6 +8,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import redis
+from kombu.exceptions import OperationalError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -100,7 +101,7 @@ class Gateway:
         expires = expires_at(deadline_ms) if settings.enable_ttl else None
         try:
             result = self.celery.send_task(PREDICT_TASK, args=[rows], expires=expires, queue=settings.celery_queue)
-        except Exception as error:  # kombu raises its own OperationalError family when Redis is gone
+        except (OperationalError, redis.RedisError, OSError) as error:
             ADMISSION.labels("unavailable").inc()
             log.warning("enqueue failed: %s", type(error).__name__, extra={"event": "queue_unavailable"})
             raise ApiError(503, "redis_unavailable", "The queue is unreachable; retry shortly.",

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from webapp.errors import ApiError
 
@@ -17,6 +16,10 @@ DEADLINE_HEADER = "X-Request-Deadline-Ms"
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
 _DECIMAL = re.compile(r"\d{1,16}")
 _KEYS = frozenset({"features", "instances"})
+
+
+class Headers(Protocol):
+    def get(self, key: str, /) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ def parse_predict(body: Any, max_instances: int) -> PredictRequest:
     return PredictRequest(rows, single=False)
 
 
-def _header_ms(headers: Mapping[str, str], name: str) -> int | None:
+def _header_ms(headers: Headers, name: str) -> int | None:
     value = headers.get(name)
     if value is None:
         return None
@@ -77,7 +80,7 @@ def _header_ms(headers: Mapping[str, str], name: str) -> int | None:
     return int(value.strip())
 
 
-def parse_deadline(headers: Mapping[str, str], now_ms: int, default_ttl_ms: int) -> int:
+def parse_deadline(headers: Headers, now_ms: int, default_ttl_ms: int) -> int:
     """The request's absolute deadline in epoch milliseconds: the earliest of the headers, else the default."""
     candidates = []
     absolute = _header_ms(headers, DEADLINE_HEADER)

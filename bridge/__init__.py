@@ -1,0 +1,13 @@
+"""The Kafka bridge: claims in, Celery tasks out, offsets committed only after results.
+
+    consumer.py   kafka-python wrapped: our exceptions, the group's consumer, producer and topics
+    claims.py     a record becomes a Claim or a ClaimRejected with its DLQ code
+    offsets.py    per partition, the offset that is safe to commit (pure)
+    flow.py       pause/resume hysteresis over the in-flight count (pure)
+    dispatch.py   claims to Celery tasks and their results back, through one collector thread
+    deadletter.py the DLQ producer
+    models.py     model-selected and model-training records
+    loop.py       the poll loop that ties them together; only it touches the consumer
+    http.py       /metrics, /healthz, /readyz
+    lag.py        `python -m bridge.lag`: committed offset, end offset and lag per partition
+"""

@@ -1,0 +1,151 @@
+"""kafka-python, wrapped: the group consumer, producers and topic set-up, raising our errors only.
+
+kafka-python consumers are not thread-safe: one `GroupConsumer` belongs to the poll thread. Its
+rebalance listener runs on kafka-python's IO thread and may only do non-blocking work (commit_async).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
+from kafka.structs import OffsetAndMetadata
+
+from bridge.errors import CommitFailed, KafkaUnavailable
+from settings import Settings
+from tasks.logs import log_event
+
+log = logging.getLogger(__name__)
+
+# Group membership: a member that stops heartbeating for SESSION_TIMEOUT_MS is evicted and its
+# partitions move to the others. 6 s notices a dead bridge quickly without evicting one that is busy for
+# a moment (heartbeats run on kafka-python's IO thread, not in the poll loop); a new member also waits
+# about this long for its first assignment on some brokers (Tansu). Heartbeats at 1/6 of it.
+SESSION_TIMEOUT_MS = 6000
+HEARTBEAT_INTERVAL_MS = 1000
+# Longest wait for the first broker connection of any client; start-up waits STARTUP_TIMEOUT_S around it.
+BOOTSTRAP_TIMEOUT_MS = 5000
+REQUEST_TIMEOUT_MS = 10000
+COMMIT_TIMEOUT_MS = 5000
+
+
+@contextmanager
+def translated(what: str) -> Iterator[None]:
+    try:
+        yield
+    except (CommitFailedError, RebalanceInProgressError) as error:
+        raise CommitFailed(f"{what}: {type(error).__name__}") from None
+    except KafkaError as error:
+        raise KafkaUnavailable(f"{what}: {type(error).__name__}: {error}") from None
+
+
+def admin_client(settings: Settings) -> KafkaAdminClient:
+    with translated(f"Kafka at {settings.kafka_bootstrap_servers}"):
+        return KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, client_id="bridge-admin",
+                                bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS, request_timeout_ms=REQUEST_TIMEOUT_MS)
+
+
+def ensure_topics(settings: Settings, admin: KafkaAdminClient) -> list[str]:
+    """Create the bridge's topics that are missing; returns the names created.
+
+    Claims and the DLQ get KAFKA_TOPIC_PARTITIONS partitions. Model topics get one: promotions must be
+    applied in the order they were published, and they are few."""
+    wanted = {
+        settings.kafka_topic_claims: settings.kafka_topic_partitions,
+        settings.kafka_topic_dlq: settings.kafka_topic_partitions,
+        settings.kafka_topic_model_selected: 1,
+        settings.kafka_topic_model_training: 1,
+    }
+    with translated("create topics"):
+        existing = set(admin.list_topics())
+        missing = {name: {"num_partitions": partitions, "replication_factor": settings.kafka_replication_factor}
+                   for name, partitions in wanted.items() if name not in existing}
+        if missing:
+            # raise_errors=False: another bridge may create the same topic at the same moment.
+            admin.create_topics(missing, raise_errors=False, wait_for_metadata=True)
+    if missing:
+        log_event(log, "topics_created", topics=sorted(missing))
+    return sorted(missing)
+
+
+def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
+    config: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "acks": "all",
+        "linger_ms": 5,
+        "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS,
+        "request_timeout_ms": REQUEST_TIMEOUT_MS,
+        **overrides,
+    }
+    with translated("producer"):
+        return KafkaProducer(**config)
+
+
+class GroupConsumer:
+    """The bridge's member of KAFKA_GROUP_ID: subscribe, poll, pause, resume, seek and commit."""
+
+    def __init__(self, settings: Settings, topics: list[str], listener: ConsumerRebalanceListener) -> None:
+        self.manual_commit = settings.use_manual_commit
+        with translated("consumer"):
+            self.consumer = KafkaConsumer(
+                bootstrap_servers=settings.kafka_bootstrap_servers,
+                group_id=settings.kafka_group_id,
+                client_id=f"bridge-{settings.kafka_group_id}",
+                auto_offset_reset="earliest",  # a new group starts from the beginning (CONTRACT.md)
+                enable_auto_commit=not settings.use_manual_commit,
+                max_poll_records=settings.max_poll_records,
+                fetch_max_wait_ms=settings.fetch_max_wait_ms,
+                session_timeout_ms=SESSION_TIMEOUT_MS,
+                heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+                bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+                request_timeout_ms=max(REQUEST_TIMEOUT_MS, settings.fetch_max_wait_ms + 1000),
+            )
+            self.consumer.subscribe(topics, listener=listener)
+
+    def poll(self, timeout_ms: int, max_records: int) -> list[ConsumerRecord]:
+        with translated("poll"):
+            batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=max(1, max_records))
+        return [record for records in batches.values() for record in records]
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.consumer.assignment())
+
+    def pause(self, partitions: set[TopicPartition]) -> None:
+        if partitions:
+            self.consumer.pause(*partitions)
+
+    def resume(self, partitions: set[TopicPartition]) -> None:
+        if partitions:
+            self.consumer.resume(*partitions)
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        with translated("seek"):
+            self.consumer.seek(partition, offset)
+
+    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Blocking commit, from the poll thread only."""
+        if offsets and self.manual_commit:
+            with translated("commit"):
+                self.consumer.commit(_with_metadata(offsets), timeout_ms=COMMIT_TIMEOUT_MS)
+
+    def commit_async(self, offsets: dict[TopicPartition, int], callback: Any = None) -> None:
+        """Non-blocking commit: the only kind allowed in a rebalance callback (kafka-python 3.x)."""
+        if offsets and self.manual_commit:
+            with translated("commit"):
+                self.consumer.commit_async(_with_metadata(offsets), callback=callback)
+
+    def close(self) -> None:
+        try:
+            self.consumer.close(autocommit=not self.manual_commit, timeout_ms=COMMIT_TIMEOUT_MS)
+        except KafkaError as error:
+            log.warning("consumer close: %s", type(error).__name__, extra={"event": "consumer_close_failed"})
+
+
+def _with_metadata(offsets: dict[TopicPartition, int]) -> dict[TopicPartition, OffsetAndMetadata]:
+    # OffsetAndMetadata(offset, metadata, leader_epoch): kafka-python 3.x wants all three.
+    return {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()}

@@ -1,0 +1,32 @@
+"""The bridge's errors: what the poll loop does with each is decided by its type.
+
+- `ClaimRejected`: this record cannot be processed; it goes to the DLQ with `code` and counts as done.
+- `KafkaUnavailable`: the broker did not answer; retried with an interruptible wait, fatal at start-up.
+- `CommitFailed`: a commit was refused (usually a rebalance in progress); the next commit retries.
+- `ShutdownRequested`: a BaseException, so that no `except Exception` can swallow a stop.
+"""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """Root of the errors the bridge raises on purpose."""
+
+
+class ClaimRejected(BridgeError):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class KafkaUnavailable(BridgeError):
+    pass
+
+
+class CommitFailed(BridgeError):
+    pass
+
+
+class ShutdownRequested(BaseException):  # noqa: N818 - a signal, not an error
+    pass

@@ -1,0 +1,420 @@
+"""The poll loop: one thread owns the consumer; everything else talks to it through `events`.
+
+Each turn, as named steps: apply rebalances, handle what came back (results, DLQ acknowledgements), decide
+pause/resume from the depth, poll at most `room` records and take them, re-send overdue claims, commit.
+
+- Depth is the claims in flight (dispatched, not finished), guarded by the bulk queue's Redis length in
+  case other producers fill it. A record beyond the room is never taken: the consumer seeks back to it.
+- Commit rule (offsets.py): per partition, the lowest unfinished offset; at least every second, and on
+  revoke with a non-blocking commit_async from a snapshot (kafka-python 3.x runs the revoke callback on
+  its IO thread, where a blocking commit raises). Results for partitions no longer owned are dropped.
+- SIGTERM: stop taking claims (pause everything, keep polling), wait up to DRAIN_TIMEOUT_S for the
+  claims in flight, commit, close. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from typing import Any
+
+import redis
+from kafka import ConsumerRebalanceListener, TopicPartition
+
+from bridge import dispatch
+from bridge.claims import parse_claim, task_id
+from bridge.consumer import GroupConsumer, make_producer
+from bridge.deadletter import DeadLettered, DeadLetters
+from bridge.dispatch import Dispatcher, InFlight, Record, ResultArrived, failure_code
+from bridge.errors import ClaimRejected, CommitFailed, KafkaUnavailable
+from bridge.flow import FlowControl, Transition
+from bridge.models import ModelRecords
+from bridge.offsets import OffsetTracker
+from settings import Settings
+from tasks import metrics
+from tasks.celery_app import create_celery
+from tasks.logs import log_event, now_ms
+from tasks.model_store import ModelStore
+from tasks.queues import QueueProbe
+from tasks.results import ResultCollector
+from tasks.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+POLL_TIMEOUT_MS = 100  # how long a turn may wait for records: also how late a result is handled, at most
+COMMIT_INTERVAL_S = 1.0
+QUEUE_SAMPLE_INTERVAL_S = 0.05  # the Redis length guard is one round trip per 50 ms at most
+RETRY_WAIT_S = 1.0  # after Redis or Kafka refused an enqueue or a DLQ write
+
+
+class Revoked:
+    def __init__(self, partitions: set[TopicPartition]) -> None:
+        self.partitions = partitions
+
+
+class Assigned:
+    def __init__(self, partitions: set[TopicPartition]) -> None:
+        self.partitions = partitions
+
+
+class Rebalance(ConsumerRebalanceListener):
+    """Runs on kafka-python's IO thread: commit_async from the poll thread's last snapshot (offsets only
+    move forward, so a snapshot is never past an unfinished claim), then hand the change over."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        partitions = set(revoked)
+        snapshot = self.bridge.safe_offsets
+        offsets = {tp: snapshot[tp] for tp in partitions if tp in snapshot}
+        consumer = self.bridge.consumer
+        if offsets and consumer is not None:
+            try:
+                consumer.commit_async(offsets)
+                log_event(log, "commit_offsets", tps=_names(offsets), offsets=_labelled(offsets), on="revoke")
+            except (CommitFailed, KafkaUnavailable) as error:
+                log.warning("commit on revoke failed: %s", error, extra={"event": "commit_failed"})
+        self.bridge.events.put(Revoked(partitions))
+
+    def on_partitions_lost(self, lost: Any) -> None:
+        self.bridge.events.put(Revoked(set(lost)))  # no longer ours: nothing may be committed for them
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self.bridge.events.put(Assigned(set(assigned)))
+
+
+def _names(offsets: dict[TopicPartition, int]) -> list[str]:
+    return sorted(f"{tp.topic}:{tp.partition}" for tp in offsets)
+
+
+def _labelled(offsets: dict[TopicPartition, int]) -> dict[str, int]:
+    return {f"{tp.topic}:{tp.partition}": offset for tp, offset in sorted(offsets.items())}
+
+
+class Bridge:
+    def __init__(self, settings: Settings, *, result_timeout_s: float = dispatch.RESULT_TIMEOUT_S) -> None:
+        self.settings = settings
+        self.result_timeout_s = result_timeout_s
+        self.events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.redis = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+        self.celery = create_celery(settings, main="bridge")
+        self.collector = ResultCollector(redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2,
+                                                              socket_timeout=5),
+                                         self.celery.backend, interval_s=dispatch.COLLECT_INTERVAL_S)
+        self.dispatcher = Dispatcher(self.celery, self.collector, settings.celery_batch_queue, self.events,
+                                     honour_deadlines=settings.enable_ttl)
+        self.probe = QueueProbe(self.redis, settings.celery_batch_queue)
+        self.models = ModelRecords(ModelStore(settings, ObjectStore(settings)), self.redis)
+        self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
+        self.flow = FlowControl(settings.queue_maxsize, settings.pause_threshold_pct, settings.resume_threshold_pct)
+        self.in_flight: dict[str, InFlight] = {}
+        self.assigned: set[TopicPartition] = set()
+        self.safe_offsets: dict[TopicPartition, int] = {}
+        self.consumer: GroupConsumer | None = None
+        self.dead_letters: DeadLetters | None = None
+        self.stopping = threading.Event()
+        self.draining = False
+        self._queue_depth = 0
+        self._queue_sampled = 0.0
+        self._last_commit = 0.0
+        self._last_overdue_check = 0.0
+        self._retry_after = 0.0
+        metrics.BRIDGE_MAXSIZE.set(settings.queue_maxsize)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def readiness(self) -> dict[str, str]:
+        checks = {"partitions": "ok" if self.assigned else "none assigned yet"}
+        if self.draining:
+            checks["draining"] = "shutting down"
+        return checks
+
+    def install_signals(self) -> None:
+        def _stop(signum: int, _frame: Any) -> None:
+            if self.stopping.is_set():
+                os._exit(1)  # a second signal: stop now, without draining
+            self.stopping.set()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+
+    def run(self) -> int:
+        settings = self.settings
+        topics = [settings.kafka_topic_claims, settings.kafka_topic_model_selected, settings.kafka_topic_model_training]
+        self.collector.start()
+        self.dead_letters = DeadLetters(make_producer(settings), settings.kafka_topic_dlq, self.events)
+        self.consumer = GroupConsumer(settings, topics, Rebalance(self))
+        log_event(log, "bridge_started", topics=topics, group=settings.kafka_group_id, maxsize=settings.queue_maxsize)
+        try:
+            while not self.stopping.is_set():
+                self.turn()
+            self.drain()
+        finally:
+            self.close()
+        return 0
+
+    def drain(self) -> None:
+        """Stop taking claims, wait for the ones in flight (at most DRAIN_TIMEOUT_S), commit."""
+        assert self.consumer is not None
+        self.draining = True
+        self.consumer.pause(self.assigned)
+        deadline = time.monotonic() + self.settings.drain_timeout_s
+        log_event(log, "bridge_draining", in_flight=self.tracker.in_flight, timeout_s=self.settings.drain_timeout_s)
+        while self.tracker.in_flight and time.monotonic() < deadline:
+            self.turn()
+        self.commit(force=True)
+        log_event(log, "bridge_stopped", unfinished=self.tracker.in_flight)
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close()
+        if self.dead_letters is not None:
+            self.dead_letters.close()
+        self.collector.stop()
+
+    # -- one turn ----------------------------------------------------------------------------------
+
+    def turn(self) -> None:
+        assert self.consumer is not None
+        self.handle_events()
+        depth = self.depth()
+        self.steer(depth)
+        room = 0 if self.draining or time.monotonic() < self._retry_after else self.flow.room(depth)
+        records = self.consumer.poll(POLL_TIMEOUT_MS, min(max(room, 1), self.settings.max_poll_records))
+        self.handle_events()  # a rebalance during poll: apply it before taking records
+        self.take(records, room)
+        self.resend_overdue()
+        self.commit()
+
+    def depth(self) -> int:
+        now = time.monotonic()
+        if now - self._queue_sampled >= QUEUE_SAMPLE_INTERVAL_S:
+            try:
+                self._queue_depth = self.probe.depth()
+            except redis.RedisError:
+                pass  # the in-flight count alone still bounds the bridge
+            self._queue_sampled = now
+        in_flight = self.tracker.in_flight
+        metrics.BRIDGE_IN_FLIGHT.set(in_flight)
+        return max(in_flight, self._queue_depth)
+
+    def steer(self, depth: int) -> None:
+        """Pause every assigned partition at the pause threshold (and while draining), resume at the
+        resume threshold. Polling goes on either way."""
+        assert self.consumer is not None
+        transition = self.flow.update(depth)
+        if transition is Transition.PAUSE:
+            self.consumer.pause(self.assigned)
+        elif transition is Transition.RESUME and not self.draining:
+            self.consumer.resume(self.assigned)
+        if transition is not None:
+            event = "consumer_paused" if transition is Transition.PAUSE else "consumer_resumed"
+            metrics.BRIDGE_PAUSED.set(1 if self.flow.paused else 0)
+            metrics.BRIDGE_TRANSITIONS.labels(transition.value).inc()
+            log_event(log, event, topic=self.settings.kafka_topic_claims, depth=depth, pct=self.flow.pct(depth))
+
+    # -- events from other threads -----------------------------------------------------------------
+
+    def handle_events(self) -> None:
+        while True:
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                self.safe_offsets = self.tracker.positions()
+                return
+            if isinstance(event, ResultArrived):
+                self.on_result(event)
+            elif isinstance(event, DeadLettered):
+                self.on_dead_lettered(event)
+            elif isinstance(event, Revoked):
+                self.on_revoked(event.partitions)
+            elif isinstance(event, Assigned):
+                self.on_assigned(event.partitions)
+
+    def on_revoked(self, partitions: set[TopicPartition]) -> None:
+        dropped = [entry.task_id for entry in self.in_flight.values() if entry.record.tp in partitions]
+        for task in dropped:
+            del self.in_flight[task]
+        self.dispatcher.forget(dropped)
+        self.tracker.drop(partitions)
+        self.assigned -= partitions
+        metrics.BRIDGE_ASSIGNED.set(len(self.assigned))
+        metrics.BRIDGE_RECORDS.labels("dropped").inc(len(dropped))
+        log_event(log, "partitions_revoked", tps=sorted(f"{tp.topic}:{tp.partition}" for tp in partitions),
+                  dropped=len(dropped))
+
+    def on_assigned(self, partitions: set[TopicPartition]) -> None:
+        assert self.consumer is not None
+        self.assigned |= partitions
+        metrics.BRIDGE_ASSIGNED.set(len(self.assigned))
+        if self.flow.paused or self.draining:
+            self.consumer.pause(partitions)  # kafka-python forgets pause state on rebalance
+        log_event(log, "partitions_assigned", tps=sorted(f"{tp.topic}:{tp.partition}" for tp in partitions),
+                  paused=self.flow.paused)
+
+    def on_result(self, event: ResultArrived) -> None:
+        entry = self.in_flight.pop(event.task_id, None)
+        if entry is None or not self.tracker.owns(entry.record.tp, entry.record.offset):
+            metrics.BRIDGE_RECORDS.labels("dropped").inc()
+            return  # its partition was revoked: the new owner redoes it
+        outcome = event.outcome
+        if outcome.ok:
+            metrics.BRIDGE_RECORDS.labels("completed").inc()
+        elif outcome.expired:
+            metrics.BRIDGE_RECORDS.labels("expired").inc()
+            log_event(log, "ttl_expired", source="bridge", key=entry.claim.claim_id, task_id=event.task_id)
+        else:
+            code = failure_code(outcome.result)
+            self.dead_letter(entry.record, code, str(outcome.result)[:300] or code)
+            return  # finished once the DLQ acknowledged it
+        self.finish(entry.record)
+
+    def on_dead_lettered(self, event: DeadLettered) -> None:
+        record = event.record
+        if not self.tracker.owns(record.tp, record.offset):
+            return
+        if event.error is not None:
+            log.warning("DLQ write failed (%s); retrying", event.error, extra={"event": "dlq_write_failed"})
+            self._retry_after = time.monotonic() + RETRY_WAIT_S
+            assert self.dead_letters is not None
+            self.dead_letters.send(record, event.code, event.message)
+            return
+        metrics.BRIDGE_RECORDS.labels("dead_lettered").inc()
+        log_event(log, "claim_dead_lettered", key=_key(record), error=event.code, tp=f"{record.topic}:{record.partition}",
+                  offset=record.offset)
+        self.finish(record)
+
+    def finish(self, record: Record) -> None:
+        self.tracker.finish(record.tp, record.offset)
+
+    # -- taking records ----------------------------------------------------------------------------
+
+    def take(self, records: list[Any], room: int) -> None:
+        """Take records in order while there is room; seek back to the first one that does not fit."""
+        assert self.consumer is not None
+        held: set[TopicPartition] = set()
+        for raw in records:
+            record = Record.of(raw)
+            tp = record.tp
+            if tp in held or tp not in self.assigned:
+                continue
+            if room <= 0 or self.draining:
+                self.consumer.seek(tp, record.offset)
+                held.add(tp)
+                continue
+            try:
+                room -= self.route(record)
+            except Exception as error:  # noqa: BLE001 - kombu's errors when Redis refuses the enqueue
+                log.warning("enqueue failed: %s; retrying in %.0fs", type(error).__name__, RETRY_WAIT_S,
+                            extra={"event": "queue_unavailable"})
+                self.consumer.seek(tp, record.offset)
+                held.add(tp)
+                room = 0
+                self._retry_after = time.monotonic() + RETRY_WAIT_S
+        self.safe_offsets = self.tracker.positions()
+
+    def route(self, record: Record) -> int:
+        """Handle one record; returns the slots it now occupies in flight (0 or 1)."""
+        settings = self.settings
+        if record.topic == settings.kafka_topic_model_selected:
+            metrics.BRIDGE_RECORDS.labels("model_selected").inc()
+            self.models.selected(record.value)
+        elif record.topic == settings.kafka_topic_model_training:
+            metrics.BRIDGE_RECORDS.labels("model_training").inc()
+            self.models.training(record.value)
+        elif record.topic == settings.kafka_topic_claims:
+            return self.claim(record)
+        self.tracker.skip(record.tp, record.offset)
+        return 0
+
+    def claim(self, record: Record) -> int:
+        settings = self.settings
+        try:
+            claim = parse_claim(record.value, record.headers)
+        except ClaimRejected as rejected:
+            self.dead_letter(record, rejected.code, rejected.message)
+            return 1
+        if settings.enable_ttl and claim.deadline_ms is not None and claim.deadline_ms <= now_ms():
+            metrics.BRIDGE_RECORDS.labels("expired").inc()
+            log_event(log, "ttl_expired", source="bridge", key=claim.claim_id)
+            self.tracker.skip(record.tp, record.offset)
+            return 0
+        task = task_id(record.topic, record.partition, record.offset)
+        self.dispatcher.send(task, claim)
+        self.tracker.start(record.tp, record.offset)
+        self.in_flight[task] = InFlight(task, record, claim)
+        metrics.BRIDGE_RECORDS.labels("enqueued").inc()
+        log_event(log, "queue_enqueued", depth=self.tracker.in_flight, bounded=True, maxsize=settings.queue_maxsize,
+                  task_id=task, claim_id=claim.claim_id)
+        return 1
+
+    def dead_letter(self, record: Record, code: str, message: str) -> None:
+        assert self.dead_letters is not None
+        self.tracker.start(record.tp, record.offset)
+        self.dead_letters.send(record, code, message)
+
+    # -- lost results ------------------------------------------------------------------------------
+
+    def resend_overdue(self) -> None:
+        """A result that never came (worker lost): send the claim again under the same task id."""
+        now = time.monotonic()
+        if now - self._last_overdue_check < 1.0:
+            return
+        self._last_overdue_check = now
+        for entry in [e for e in self.in_flight.values() if now - e.sent_at > self.result_timeout_s]:
+            deadline = entry.claim.deadline_ms
+            if self.settings.enable_ttl and deadline is not None and deadline <= now_ms():
+                del self.in_flight[entry.task_id]
+                self.dispatcher.forget([entry.task_id])
+                metrics.BRIDGE_RECORDS.labels("expired").inc()
+                log_event(log, "ttl_expired", source="bridge", key=entry.claim.claim_id, task_id=entry.task_id)
+                self.finish(entry.record)
+            elif entry.attempts >= dispatch.MAX_ATTEMPTS:
+                del self.in_flight[entry.task_id]
+                self.dispatcher.forget([entry.task_id])
+                self.dead_letter(entry.record, "task_failed", f"no result after {entry.attempts} attempts")
+            else:
+                try:
+                    self.dispatcher.send(entry.task_id, entry.claim)
+                except Exception as error:  # noqa: BLE001 - Redis away: try again at the next check
+                    log.warning("re-enqueue failed: %s", type(error).__name__, extra={"event": "queue_unavailable"})
+                    return
+                entry.sent_at, entry.attempts = now, entry.attempts + 1
+                metrics.BRIDGE_RECORDS.labels("requeued").inc()
+                log_event(log, "claim_requeued", task_id=entry.task_id, claim_id=entry.claim.claim_id,
+                          attempt=entry.attempts)
+
+    # -- commits -----------------------------------------------------------------------------------
+
+    def commit(self, *, force: bool = False) -> None:
+        """Commit every owned partition's safe offset that moved, at most once per COMMIT_INTERVAL_S."""
+        assert self.consumer is not None
+        now = time.monotonic()
+        if not force and now - self._last_commit < COMMIT_INTERVAL_S:
+            return
+        self._last_commit = now
+        if not self.settings.use_manual_commit:
+            return
+        offsets = self.tracker.to_commit(self.assigned)
+        if not offsets:
+            return
+        try:
+            self.consumer.commit(offsets)
+        except (CommitFailed, KafkaUnavailable) as error:
+            log.warning("commit failed: %s", error, extra={"event": "commit_failed"})
+            return
+        self.tracker.committed(offsets)
+        for tp, offset in offsets.items():
+            metrics.BRIDGE_COMMITTED.labels(tp.topic, str(tp.partition)).set(offset)
+        log_event(log, "commit_offsets", tps=_names(offsets), offsets=_labelled(offsets))
+
+
+def _key(record: Record) -> str:
+    if record.key is None:
+        return f"{record.topic}:{record.partition}:{record.offset}"
+    return record.key.decode("utf-8", "replace")[:200]

@@ -1,0 +1,69 @@
+"""The bare-waitress baseline: a WSGI app that answers every POST with the JSON it was sent.
+
+`python -m perf.echo --serve --port P --threads N` serves it with waitress (the API's HTTP_THREADS
+and keep-alive), and nothing else: no Flask, no Redis, no Celery. What the API achieves next to it
+shows the cost of the application over the HTTP server on the same machine in the same run.
+
+`python -m perf.echo [--quick]` (scenario `echo`) measures the baseline alone; the `http` scenario
+measures it next to /predict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+DEFAULT_THREADS = 16
+DEFAULT_KEEPALIVE_S = 60
+
+
+def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    body = environ["wsgi.input"].read(length) if length else b"{}"
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def serve(port: int, threads: int, keepalive_s: int) -> None:
+    from waitress import serve as waitress_serve
+
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "Task queue depth is N" on every burst
+    waitress_serve(app, host="127.0.0.1", port=port, threads=threads, channel_timeout=keepalive_s,
+                   connection_limit=1000, ident="perf-echo", _quiet=True)
+
+
+def start_echo(log_dir: Path, threads: int, keepalive_s: int = DEFAULT_KEEPALIVE_S) -> Any:
+    """The echo server as a ManagedProcess (not started yet) on a free loopback port, in `.port`."""
+    from devtools.processes import PYTHON, ManagedProcess
+    from perf.common import child_env, free_loopback_port
+
+    port = free_loopback_port()
+    process = ManagedProcess("echo", [PYTHON, "-m", "perf.echo", "--serve", "--port", str(port), "--threads",
+                                      str(threads), "--keepalive-s", str(keepalive_s)], child_env({}), log_dir)
+    process.port = port  # type: ignore[attr-defined]
+    return process
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m perf.echo", description=__doc__.splitlines()[0])
+    parser.add_argument("--serve", action="store_true", help="run the echo server (used by the scenarios)")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS)
+    parser.add_argument("--keepalive-s", type=int, default=DEFAULT_KEEPALIVE_S)
+    args, rest = parser.parse_known_args(argv)
+    if args.serve:
+        if not args.port:
+            parser.error("--serve needs --port")
+        serve(args.port, args.threads, args.keepalive_s)
+        return 0
+    from perf.http_bench import run_echo_only
+
+    return run_echo_only(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""`python -m perf [--scenario NAME[,NAME...]] [--quick] [--list] [scenario options]`: run load scenarios.
+
+`make perf` runs the default set; `make perf SCENARIO=http` passes `--scenario http`. Each scenario
+is a module with `main(argv) -> int` that starts the stack it needs, writes its report to
+perf/results/<date>-<host>-<scenario>/ and stops everything it started. Options the runner does not
+know (e.g. `--duration-s 30`) are passed on to every selected scenario.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+import time
+import traceback
+
+#: Scenario name -> module. A module is looked up when it runs, so one not written yet is simply absent.
+SCENARIOS = {
+    "shed": "perf.shed",
+    "http": "perf.http_bench",
+    "echo": "perf.echo",
+    "kafka-burst": "perf.kafka_burst",
+}
+#: What `make perf` runs, in this order; a scenario whose module does not exist yet is skipped.
+DEFAULT = ("shed", "http", "kafka-burst")
+
+
+def available(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(SCENARIOS[name]) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def run_one(name: str, argv: list[str]) -> int:
+    started = time.monotonic()
+    print(f"== perf: {name} ==", flush=True)
+    try:
+        code = importlib.import_module(SCENARIOS[name]).main(argv)
+    except SystemExit as stop:  # argparse in the scenario
+        code = stop.code if isinstance(stop.code, int) else 2
+    except Exception:
+        traceback.print_exc()
+        code = 1
+    print(f"== perf: {name} {'ok' if code == 0 else f'failed ({code})'} in {time.monotonic() - started:.0f} s ==", flush=True)
+    return int(code or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m perf", description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", action="append", default=[],
+                        help=f"one of {', '.join(SCENARIOS)} (repeat or comma-separate; default: {' then '.join(DEFAULT)})")
+    parser.add_argument("--quick", action="store_true", help="shorter runs (noisier figures): for a first look")
+    parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    args, passthrough = parser.parse_known_args(argv)
+    if args.list:
+        for name, module in SCENARIOS.items():
+            print(f"{name:12} {module}{'' if available(name) else '  (not written yet)'}")
+        return 0
+    requested = [name.strip() for item in args.scenario for name in item.split(",") if name.strip()]
+    unknown = [name for name in requested if name not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+    missing = [name for name in requested if not available(name)]
+    if missing:
+        parser.error(f"scenario {', '.join(missing)} has no module yet ({', '.join(SCENARIOS[n] for n in missing)})")
+    selected = requested or [name for name in DEFAULT if available(name)]
+    for name in DEFAULT:
+        if not requested and not available(name):
+            print(f"perf: skipping {name}: {SCENARIOS[name]} does not exist yet", flush=True)
+    scenario_argv = (["--quick"] if args.quick else []) + passthrough
+    results = {}
+    try:
+        for name in selected:
+            results[name] = run_one(name, scenario_argv)
+    except KeyboardInterrupt:
+        print("perf: interrupted; the running scenario stopped what it had started", file=sys.stderr, flush=True)
+        return 130
+    print("perf: " + ", ".join(f"{name} {'ok' if code == 0 else 'FAILED'}" for name, code in results.items()), flush=True)
+    return 0 if all(code == 0 for code in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

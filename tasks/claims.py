@@ -101,6 +101,8 @@ def score_claim(self: DeadlineTask, claim_id: str, bucket: str, object_key: str,
                 "predictions": predictions, "completed_at_ms": now_ms()}
         runtime.store.put_bytes(logs_bucket, result_key(claim_id), json.dumps(body).encode(), "application/json")
     except (StorageUnavailable, ModelUnavailable) as error:
+        if self.request.retries >= STORAGE_RETRIES:
+            raise  # out of retries: the claim fails with the error's code
         countdown = RETRY_BASE_S * 2 ** self.request.retries
         log.warning("claim %s: %s; retry %d of %d in %.1fs", claim_id, error.code, self.request.retries + 1,
                     STORAGE_RETRIES, countdown,

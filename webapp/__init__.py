@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from settings import Settings, load_settings
+from webapp.claims import claims
 from webapp.errors import register_error_handlers
 from webapp.gateway import Gateway
 from webapp.views import api
@@ -22,6 +23,7 @@ def create_app(settings: Settings | None = None, *, start: bool = True) -> Flask
     gateway = Gateway(settings)
     app.extensions["gateway"] = gateway
     app.register_blueprint(api)
+    app.register_blueprint(claims)
     register_error_handlers(app)
     if start:
         gateway.start()

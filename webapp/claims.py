@@ -1,0 +1,134 @@
+"""POST /publish_inference_claims: publish `count` claims for one Parquet object (a test/ops endpoint).
+
+Off (404) unless ENABLE_TEST_ENDPOINTS; when ADMIN_TOKEN is set it needs `Authorization: Bearer <token>`.
+Body `{"count": int, "ttl_ms": int?, "bucket": str?, "object_key": str}`; with `ttl_ms` every claim
+carries the header `deadline_ms` = now + ttl_ms. The Kafka producer is created on first use, so the API
+starts (and serves /predict) without Kafka when the endpoint is off or unused.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import threading
+import uuid
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from settings import Settings
+from tasks.logs import log_event, now_ms
+from webapp.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+claims = Blueprint("claims", __name__)
+
+MAX_COUNT = 100_000
+MAX_TTL_MS = 7 * 24 * 3600 * 1000
+PUBLISH_TIMEOUT_S = 30.0
+
+
+class ClaimsPublisher:
+    """One lazily created, thread-safe KafkaProducer per app."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._producer: KafkaProducer | None = None
+        self._lock = threading.Lock()
+
+    def producer(self) -> KafkaProducer:
+        with self._lock:
+            if self._producer is None:
+                self._producer = KafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap_servers, acks="all",
+                                               linger_ms=5, bootstrap_timeout_ms=5000, request_timeout_ms=10000,
+                                               max_block_ms=10000)
+            return self._producer
+
+    def publish(self, count: int, bucket: str, object_key: str, ttl_ms: int | None) -> int:
+        topic = self.settings.kafka_topic_claims
+        headers = [] if ttl_ms is None else [("deadline_ms", str(now_ms() + ttl_ms).encode())]
+        batch = uuid.uuid4().hex[:12]
+        producer = self.producer()
+        futures = []
+        for index in range(count):
+            claim_id = f"{batch}-{index}"
+            body = {"claim_id": claim_id, "bucket": bucket, "object_key": object_key}
+            futures.append(producer.send(topic, key=claim_id.encode(), value=json.dumps(body).encode(),
+                                         headers=headers))
+        producer.flush(timeout=PUBLISH_TIMEOUT_S)
+        for future in futures:
+            future.get(timeout=PUBLISH_TIMEOUT_S)
+        return count
+
+    def close(self) -> None:
+        with self._lock:
+            if self._producer is not None:
+                self._producer.close(timeout=5)
+                self._producer = None
+
+
+def publisher() -> ClaimsPublisher:
+    found = current_app.extensions.get("claims_publisher")
+    if found is None:
+        found = current_app.extensions["claims_publisher"] = ClaimsPublisher(current_app.extensions["gateway"].settings)
+    return found
+
+
+def _authorize(settings: Settings) -> None:
+    if settings.admin_token is None:
+        return
+    expected = f"Bearer {settings.admin_token.get_secret_value()}".encode()
+    given = request.headers.get("Authorization", "").encode()
+    if not hmac.compare_digest(given, expected):
+        raise ApiError(401, "unauthorized", "This endpoint needs Authorization: Bearer <ADMIN_TOKEN>.",
+                       {"WWW-Authenticate": "Bearer"})
+
+
+def _integer(body: dict[str, Any], name: str, low: int, high: int) -> int:
+    value = body.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ApiError(400, "invalid_request", f"{name} must be an integer from {low} to {high}.")
+    return value
+
+
+def parse_body(settings: Settings) -> tuple[int, str, str, int | None]:
+    try:
+        body = json.loads(request.get_data(cache=False) or b"")
+    except (UnicodeDecodeError, ValueError):
+        raise ApiError(400, "invalid_json", "The body must be a JSON object.") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_request", "The body must be a JSON object.")
+    unknown = set(body) - {"count", "ttl_ms", "bucket", "object_key"}
+    if unknown:
+        raise ApiError(400, "invalid_request", f"Unknown keys: {', '.join(sorted(unknown))}.")
+    count = _integer(body, "count", 1, MAX_COUNT)
+    ttl_ms = None if body.get("ttl_ms") is None else _integer(body, "ttl_ms", 1, MAX_TTL_MS)
+    return count, _text(body, "bucket", settings.bucket_processed), _text(body, "object_key", None), ttl_ms
+
+
+def _text(body: dict[str, Any], name: str, default: str | None) -> str:
+    value = body.get(name, default)
+    if not isinstance(value, str) or not value or len(value) > 1024:
+        raise ApiError(400, "invalid_request", f"{name} must be a non-empty string.")
+    return value
+
+
+@claims.post("/publish_inference_claims")
+def publish_inference_claims() -> tuple[Response, int]:
+    settings: Settings = current_app.extensions["gateway"].settings
+    if not settings.enable_test_endpoints:
+        raise ApiError(404, "not_found", "The requested URL was not found on the server.")
+    _authorize(settings)
+    count, bucket, object_key, ttl_ms = parse_body(settings)
+    try:
+        published = publisher().publish(count, bucket, object_key, ttl_ms)
+    except KafkaError as error:
+        log.warning("publish failed: %s", type(error).__name__, extra={"event": "publish_claims_failed"})
+        raise ApiError(503, "kafka_unavailable", "Kafka is unreachable; retry shortly.", {"Retry-After": "1"}) from None
+    topic = settings.kafka_topic_claims
+    log_event(log, "publish_claims_ok", topic=topic, count=published, ttl_ms=ttl_ms)
+    return jsonify(published=published, topic=topic), 202

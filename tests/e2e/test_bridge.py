@@ -1,0 +1,176 @@
+"""The bridge end to end: a real Celery worker, `python -m bridge`, the Tansu broker, Redis and S3.
+
+Each test has its own topics and consumer group; the module shares one worker."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from devtools.processes import PYTHON, ROOT, ManagedProcess, start_worker
+from devtools.services import Service
+from settings import Settings
+from tasks.demo_model import SAMPLE_KEY
+from tasks.storage import ObjectStore
+from tests.e2e.bridge_support import (
+    InFlightSampler,
+    bridge_env,
+    committed,
+    computed_claims,
+    publish,
+    read_all,
+    results,
+    start_bridge,
+    valid_claims,
+    wait_until,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def settings(module_env: dict[str, str]) -> Settings:
+    return Settings(redis_url=module_env["REDIS_URL"], s3_endpoint=module_env["S3_ENDPOINT"])
+
+
+@pytest.fixture(scope="module")
+def worker(module_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
+    process = start_worker(module_env, tmp_path_factory.mktemp("bridge-worker"))
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def bridges(log_dir: Path) -> Iterator[Callable[..., ManagedProcess]]:
+    started: list[ManagedProcess] = []
+
+    def start(env: dict[str, str], **kwargs: object) -> ManagedProcess:
+        process = start_bridge(env, log_dir, **kwargs)  # type: ignore[arg-type]
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def test_burst_is_bounded_paused_resumed_and_committed(module_env: dict[str, str], kafka_service: Service,
+                                                       settings: Settings, worker: ManagedProcess,
+                                                       bridges: Callable[..., ManagedProcess]) -> None:
+    # Given a bridge bounded at 20 claims in flight
+    maxsize, count, prefix = 20, 300, f"burst-{uuid.uuid4().hex[:6]}"
+    env = bridge_env(module_env, kafka_service.address, maxsize=maxsize)
+    topic, group = env["KAFKA_TOPIC_CLAIMS"], env["KAFKA_GROUP_ID"]
+    bridge = bridges(env)
+    # When a burst of claims arrives at once
+    with InFlightSampler(bridge.url) as sampler:
+        ends = publish(kafka_service.address, topic, valid_claims(prefix, count, settings.bucket_processed, SAMPLE_KEY))
+        # Then every claim ends with a result object, and the committed offsets reach the ends
+        wait_until(lambda: len(results(settings, prefix)) == count, 90, "every claim has a result", [bridge, worker])
+        wait_until(lambda: committed(kafka_service.address, group, topic) == ends, 20, f"commits reach {ends}", [bridge])
+    # And the in-flight count, logged per claim and sampled every 50 ms, never exceeded the bound
+    enqueued = bridge.events("queue_enqueued")
+    assert len(enqueued) == count
+    assert max(e["depth"] for e in enqueued) <= maxsize
+    assert all(e["bounded"] is True and e["maxsize"] == maxsize for e in enqueued)
+    assert len(sampler.samples) >= 10 and max(sampler.samples) <= maxsize
+    # And the bridge paused and resumed its partitions, with depth and pct
+    paused, resumed = bridge.events("consumer_paused"), bridge.events("consumer_resumed")
+    assert paused and resumed
+    assert all(e["topic"] == topic and e["pct"] >= 80 for e in paused)
+    assert all(e["pct"] <= 50 for e in resumed)
+    assert bridge.events("commit_offsets")
+    # And the operator command shows no lag for the group
+    lag = subprocess.run([PYTHON, "-m", "bridge.lag", "--json"], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert lag.returncode == 0, lag.stderr
+    rows = [json.loads(line) for line in lag.stdout.splitlines()]
+    assert {row["partition"]: row["committed"] for row in rows} == ends
+    # And SIGTERM drains and exits 0
+    assert bridge.stop() == 0
+    assert bridge.events("bridge_stopped")[-1]["unfinished"] == 0
+
+
+def test_expired_claims_are_skipped_and_generous_ones_computed(module_env: dict[str, str], kafka_service: Service,
+                                                               settings: Settings, worker: ManagedProcess,
+                                                               bridges: Callable[..., ManagedProcess]) -> None:
+    env = bridge_env(module_env, kafka_service.address, maxsize=40)
+    topic, group = env["KAFKA_TOPIC_CLAIMS"], env["KAFKA_GROUP_ID"]
+    bridge = bridges(env)
+    # Given claims published with a 1 ms TTL
+    expired = f"ttl1-{uuid.uuid4().hex[:6]}"
+    soon = [("deadline_ms", str(int(time.time() * 1000) + 1).encode())]
+    ends = publish(kafka_service.address, topic, valid_claims(expired, 60, settings.bucket_processed, SAMPLE_KEY, soon))
+    # Then all are logged ttl_expired by the bridge, and their offsets are committed
+    keys = lambda: {e["key"] for e in bridge.events("ttl_expired") if e["key"].startswith(expired)}  # noqa: E731
+    wait_until(lambda: len(keys()) == 60, 30, "60 ttl_expired", [bridge])
+    assert all(e["source"] == "bridge" for e in bridge.events("ttl_expired"))
+    wait_until(lambda: committed(kafka_service.address, group, topic) == ends, 20, "commits past expired claims")
+    # When claims with a generous TTL follow
+    fresh = f"ttl60-{uuid.uuid4().hex[:6]}"
+    later = [("deadline_ms", str(int(time.time() * 1000) + 60_000).encode())]
+    ends = publish(kafka_service.address, topic, valid_claims(fresh, 40, settings.bucket_processed, SAMPLE_KEY, later))
+    # Then they are all computed, and none of the expired ones ever was
+    wait_until(lambda: len(results(settings, fresh)) == 40, 60, "40 generous claims computed", [bridge, worker])
+    wait_until(lambda: committed(kafka_service.address, group, topic) == ends, 20, "commits reach the end")
+    assert computed_claims(worker, expired) == []
+    assert results(settings, expired) == set()
+
+
+def test_poison_records_go_to_the_dlq_and_nothing_stalls(module_env: dict[str, str], kafka_service: Service,
+                                                         settings: Settings, worker: ManagedProcess,
+                                                         bridges: Callable[..., ManagedProcess]) -> None:
+    env = bridge_env(module_env, kafka_service.address, maxsize=20)
+    topic, group = env["KAFKA_TOPIC_CLAIMS"], env["KAFKA_GROUP_ID"]
+    prefix = f"poison-{uuid.uuid4().hex[:6]}"
+    bucket = settings.bucket_processed
+    wrong_key = f"e2e/{prefix}-wrong.parquet"
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"a": [1.0, 2.0], "b": [3.0, 4.0]}), buffer)
+    ObjectStore(settings).put_bytes(bucket, wrong_key, buffer.getvalue())
+    # Given valid claims interleaved with every kind of poison record, on every partition
+    poisons: dict[bytes, str] = {}
+    messages = []
+    for round_ in range(4):
+        kinds = [
+            (b"not json", [], "invalid_json"),
+            (None, [], "invalid_json"),
+            (json.dumps({"claim_id": f"{prefix}-m{round_}"}).encode(), [], "invalid_claim"),
+            (json.dumps({"claim_id": f"{prefix}-x{round_}", "bucket": bucket, "object_key": "e2e/missing.parquet"})
+             .encode(), [], "object_missing"),
+            (json.dumps({"claim_id": f"{prefix}-w{round_}", "bucket": bucket, "object_key": wrong_key}).encode(), [],
+             "schema_mismatch"),
+            (json.dumps({"claim_id": f"{prefix}-d{round_}", "bucket": bucket, "object_key": SAMPLE_KEY}).encode(),
+             [("deadline_ms", b"tomorrow")], "invalid_deadline"),
+        ]
+        for index, (value, headers, code) in enumerate(kinds):
+            key = f"{prefix}-poison-{round_}-{index}".encode()
+            poisons[key] = code
+            messages.append((key, value, [("trace", b"t1"), *headers]))
+            messages.extend(valid_claims(f"{prefix}-ok-{round_}{index}", 1, bucket, SAMPLE_KEY))
+    bridge = bridges(env)
+    ends = publish(kafka_service.address, topic, messages)
+    # Then every poison record is in the DLQ with its code, original key, value and headers
+    dlq = read_all(kafka_service.address, env["KAFKA_TOPIC_DLQ"], len(poisons), timeout_s=60)
+    assert {record.key: dict(record.headers)["error"].decode() for record in dlq} == poisons
+    originals = {key: (value, headers) for key, value, headers in messages}
+    for record in dlq:
+        headers = dict(record.headers)
+        assert record.value == originals[record.key][0]  # a null value stays null
+        assert headers["trace"] == b"t1" and headers["error_message"]
+    lettered = lambda: {e["key"]: e["error"] for e in bridge.events("claim_dead_lettered")}  # noqa: E731
+    wait_until(lambda: len(lettered()) == len(poisons), 20, "claim_dead_lettered for every poison record", [bridge])
+    assert lettered() == {key.decode(): code for key, code in poisons.items()}
+    # And the valid claims around them are all computed, and no partition stalled
+    valid = len(messages) - len(poisons)
+    wait_until(lambda: len(results(settings, f"{prefix}-ok")) == valid, 60, "valid claims computed", [bridge, worker])
+    wait_until(lambda: committed(kafka_service.address, group, topic) == ends, 20, f"commits reach {ends}", [bridge])

@@ -13,6 +13,7 @@ from kombu import Queue
 from settings import Settings
 
 PREDICT_TASK = "tasks.predict"
+PREDICT_BATCH_TASK = "tasks.predict_batch"
 CLAIM_TASK = "tasks.score_claim"
 TRAIN_TASK = "tasks.train_candidate"
 
@@ -50,7 +51,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "task_queues": (Queue(interactive, routing_key=interactive), Queue(bulk, routing_key=bulk)),
         "task_default_queue": interactive,
-        "task_routes": {PREDICT_TASK: {"queue": interactive}, CLAIM_TASK: {"queue": bulk}, TRAIN_TASK: {"queue": bulk}},
+        "task_routes": {
+            PREDICT_TASK: {"queue": interactive},
+            PREDICT_BATCH_TASK: {"queue": interactive},
+            CLAIM_TASK: {"queue": bulk},
+            TRAIN_TASK: {"queue": bulk},
+        },
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],

@@ -30,3 +30,6 @@ BRIDGE_RECORDS = Counter(
 )
 BRIDGE_COMMITTED = Gauge("bridge_committed_offset", "Last offset committed", ["topic", "partition"])
 BRIDGE_ASSIGNED = Gauge("bridge_assigned_partitions", "Partitions assigned to this bridge")
+BATCH_SIZE = Histogram(
+    "inference_batch_size", "Requests per micro-batch sent to the workers", ["stage"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
+)

@@ -4,6 +4,10 @@ Kombu's Redis transport keeps a queue as a list, plus one list per priority step
 so the length of a queue is the sum over all of its keys. LLEN counts messages not yet taken by a
 worker: expired ones until a worker pulls them, not prefetched or running ones.
 
+A micro-batch message carries several requests: the API records `n - 1` extra items per batch message in
+a hash (`batch_items_key`), the worker deletes the entry when it receives the message, and the depth adds
+them up, so the bound counts requests waiting, not messages.
+
 The drain rate comes from a counter that workers increment as they finish work (`record_completed`);
 admission samples it with the queue length, and an EWMA of its slope gives completions per second.
 """
@@ -30,6 +34,24 @@ def completed_key(queue: str) -> str:
     return f"inference:completed:{queue}"
 
 
+def batch_items_key(queue: str) -> str:
+    return f"inference:batch-items:{queue}"
+
+
+def register_batch(client: redis.Redis, queue: str, task_id: str, items: int) -> None:
+    """Count a batch message of `items` requests as that many in the queue until a worker receives it."""
+    if items > 1:
+        key = batch_items_key(queue)
+        pipe = client.pipeline(transaction=False)
+        pipe.hset(key, task_id, str(items - 1))
+        pipe.expire(key, 3600)
+        pipe.execute()
+
+
+def batch_received(client: redis.Redis, queue: str, task_id: str) -> None:
+    client.hdel(batch_items_key(queue), task_id)
+
+
 def record_completed(client: redis.Redis, queue: str, count: int = 1) -> None:
     client.incrby(completed_key(queue), count)
 
@@ -52,9 +74,10 @@ class QueueProbe:
         pipe = self.client.pipeline(transaction=False)
         for key in self.keys:
             pipe.llen(key)
+        pipe.hvals(batch_items_key(self.queue))
         pipe.get(completed_key(self.queue))
-        *lengths, completed = pipe.execute()
-        return QueueSample(sum(lengths), int(completed or 0), time.monotonic())
+        *lengths, extra, completed = pipe.execute()
+        return QueueSample(sum(lengths) + sum(int(n) for n in extra), int(completed or 0), time.monotonic())
 
     def depth(self) -> int:
         return self.sample().depth

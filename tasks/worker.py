@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -17,10 +18,10 @@ from typing import Any
 import redis
 from celery import signals
 
-from tasks.celery_app import InferenceCelery
+from tasks.celery_app import PREDICT_BATCH_TASK, InferenceCelery
 from tasks.heartbeat import Heartbeat
 from tasks.logs import configure_logging, log_event
-from tasks.queues import record_completed
+from tasks.queues import batch_received, record_completed
 from tasks.runtime import worker_runtime
 from tasks.startup import StartupFailed, announce, require_services
 
@@ -48,6 +49,14 @@ def install(app: InferenceCelery) -> None:
         if settings.inference_prewarm:
             runtime.prewarm()
         runtime.model.watch()
+
+    @signals.task_received.connect(weak=False)
+    def _received(request: Any = None, **_: Any) -> None:
+        # A batch message leaves the queue: its extra items no longer count towards the depth.
+        if request is not None and request.name == PREDICT_BATCH_TASK:
+            queue = (request.delivery_info or {}).get("routing_key") or settings.celery_queue
+            with contextlib.suppress(redis.RedisError):
+                batch_received(worker_runtime(settings).redis, queue, request.id)
 
     @signals.task_postrun.connect(weak=False)
     def _finished(task: Any = None, **_: Any) -> None:

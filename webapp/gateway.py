@@ -4,6 +4,7 @@ collector, admission control and the promoted model's description."""
 from __future__ import annotations
 
 import logging
+import uuid
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
@@ -13,17 +14,19 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from settings import Settings
-from tasks.celery_app import PREDICT_TASK, create_celery
+from tasks.celery_app import PREDICT_BATCH_TASK, PREDICT_TASK, create_celery
 from tasks.deadline import expires_at
+from tasks.errors import DeadlineExceeded
 from tasks.heartbeat import live_workers
 from tasks.inference import ModelInfo
 from tasks.logs import log_event, now_ms
 from tasks.metrics import ADMISSION, DRAIN_RATE, QUEUE_DEPTH
 from tasks.model_store import ModelStore
-from tasks.queues import DrainRate, QueueProbe, QueueSample, retry_after_s
+from tasks.queues import DrainRate, QueueProbe, QueueSample, register_batch, retry_after_s
 from tasks.results import Outcome, ResultCollector
 from tasks.serving import PromotedModel
 from tasks.storage import ObjectStore
+from webapp.batcher import Item, MicroBatcher, Sent
 from webapp.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -54,14 +57,22 @@ class Gateway:
             self.models, lambda pointer: self.models.describe(pointer)[0], loaded_event="model_discovered"
         )
         self.draining = False
+        # Up to one batch per worker process in flight: enough to keep every worker busy, few enough
+        # that requests arriving meanwhile gather into the next batch instead of into more messages.
+        self.batcher = MicroBatcher(self._send_batch, size=settings.batch_size, timeout_ms=settings.batch_timeout_ms,
+                                    max_in_flight=settings.queue_workers) if settings.enable_microbatch else None
 
     def start(self) -> Gateway:
         self.collector.start()
+        if self.batcher:
+            self.batcher.start()
         self.catalog.refresh()
         self.catalog.watch()
         return self
 
     def close(self) -> None:
+        if self.batcher:
+            self.batcher.stop()
         self.catalog.stop()
         self.collector.stop()
 
@@ -86,6 +97,8 @@ class Gateway:
         """Raise 503 when Redis is unreachable and 429 when the interactive queue is at its bound."""
         settings = self.settings
         sample = self.sample_queue()
+        if self.batcher:
+            sample = QueueSample(sample.depth + self.batcher.pending, sample.completed, sample.at)
         if settings.use_bounded_queue and sample.depth >= settings.queue_maxsize:
             ADMISSION.labels("shed_full").inc()
             log_event(log, "queue_job_rejected_full", depth=sample.depth, maxsize=settings.queue_maxsize)
@@ -116,6 +129,39 @@ class Gateway:
             self.collector.forget([result.id])
             log_event(log, "ttl_expired", source="webapp", key=result.id)
             raise ApiError(504, "deadline_exceeded", "No result before the request's deadline; the work was dropped.") from None
+
+    def predict_one(self, row: list[Any], deadline_ms: int, depth: int) -> tuple[float, str]:
+        """One row through the micro-batcher; its own deadline, result and failure."""
+        assert self.batcher is not None
+        item_id = uuid.uuid4().hex
+        ADMISSION.labels("accepted").inc()
+        log_event(log, "queue_enqueued", depth=depth + 1, bounded=self.settings.use_bounded_queue,
+                  maxsize=self.settings.queue_maxsize, key=item_id)
+        future = self.batcher.submit(row, deadline_ms, item_id)
+        try:
+            return future.result(timeout=max(0.0, (deadline_ms - now_ms()) / 1000))
+        except (FutureTimeout, DeadlineExceeded):
+            log_event(log, "ttl_expired", source="webapp", key=item_id)
+            raise ApiError(504, "deadline_exceeded", "No result before the request's deadline; the work was dropped.") from None
+
+    def _send_batch(self, items: list[Item]) -> Sent:
+        settings = self.settings
+        task_id = uuid.uuid4().hex
+        latest = max(item.deadline_ms for item in items)
+        payload = [{"id": item.id, "row": item.row, "deadline_ms": item.deadline_ms if settings.enable_ttl else None}
+                   for item in items]
+        outcome = self.collector.watch(task_id)
+        try:
+            register_batch(self.redis, settings.celery_queue, task_id, len(items))
+            self.celery.send_task(PREDICT_BATCH_TASK, args=[payload], task_id=task_id, queue=settings.celery_queue,
+                                  expires=expires_at(latest) if settings.enable_ttl else None)
+        except (OperationalError, redis.RedisError, OSError) as error:
+            self.collector.forget([task_id])
+            log.warning("enqueue failed: %s", type(error).__name__, extra={"event": "queue_unavailable"})
+            raise ApiError(503, "redis_unavailable", "The queue is unreachable; retry shortly.",
+                           {"Retry-After": str(REDIS_RETRY_AFTER_S)}) from None
+        log_event(log, "batch_sent", task_id=task_id, batch_size=len(items), keys=[item.id for item in items])
+        return Sent(task_id, outcome, lambda: self.collector.forget([task_id]))
 
     def readiness(self) -> dict[str, str]:
         checks: dict[str, str] = {}

@@ -57,7 +57,13 @@ def predict() -> Response:
         raise ApiError(504, "deadline_exceeded", "The request's deadline had passed before it could be queued.")
     # 3. Redis unreachable: 503; queue at its bound: 429. One round trip.
     sample = gw.admit()
-    # 4. Enqueue and wait, at most until the deadline.
+    # 4. Enqueue and wait, at most until the deadline. Single rows share micro-batches.
+    if parsed.single and gw.batcher is not None:
+        try:
+            prediction, version = gw.predict_one(parsed.rows[0], deadline_ms, sample.depth)
+        except InvalidInput as error:
+            raise ApiError(400, error.code, error.message) from None
+        return jsonify(prediction=prediction, model_version=version, cached=False)
     outcome = gw.predict(parsed.rows, deadline_ms, sample.depth)
     if outcome.expired:
         raise ApiError(504, "deadline_exceeded", "The request's deadline passed while it was queued; it was not run.")

@@ -15,6 +15,7 @@ import requests
 
 from devtools.processes import ManagedProcess, start_api, start_worker
 from devtools.services import free_port, start_redis
+from tasks.queues import QueueProbe
 
 ROW = [50.0, 49.0, 48.5, 47.0, 45.0, 52.0, 51.0, 0.5, 0.86]
 
@@ -34,17 +35,23 @@ def post(url: str, timeout_ms: int | None = None) -> requests.Response:
     return requests.post(f"{url}/predict", json={"features": ROW}, headers=headers, timeout=30)
 
 
+@pytest.mark.parametrize("microbatch", ["true", "false"])
 def test_work_that_expires_in_the_queue_is_never_run(
-    idle_api: ManagedProcess, module_env: dict[str, str], module_redis: redis.Redis, log_dir: Path
+    module_env: dict[str, str], module_redis: redis.Redis, log_dir: Path, microbatch: str
 ) -> None:
     # Given a request with a 600 ms deadline and no worker to take it
+    module_redis.flushdb()
+    idle_api = start_api({**module_env, "ENABLE_MICROBATCH": microbatch}, log_dir, free_port(), ready=False)
+    idle_api.wait_for(lambda: bool(idle_api.events("model_discovered")), 30, "the promoted model")
     started = time.monotonic()
     response = post(idle_api.url, timeout_ms=600)
     elapsed = time.monotonic() - started
+    idle_api.stop()
     # Then its caller gets 504 no later than the deadline plus 100 ms
     assert response.status_code == 504 and response.json()["error"]["code"] == "deadline_exceeded"
     assert 0.55 <= elapsed <= 0.7, f"answered after {elapsed:.3f}s"
-    task_id = idle_api.events("queue_enqueued")[-1]["task_id"]
+    sent = idle_api.events("batch_sent" if microbatch == "true" else "queue_enqueued")
+    task_id = sent[-1]["task_id"]
     # When a worker starts after the deadline
     worker = start_worker(module_env, log_dir, "--without-mingle", "--without-gossip")
     try:
@@ -72,10 +79,11 @@ def test_a_full_queue_sheds_with_429_and_a_retry_after(idle_api: ManagedProcess,
     fillers = [threading.Thread(target=post, args=(idle_api.url, 3000)) for _ in range(3)]
     for thread in fillers:
         thread.start()
+    probe = QueueProbe(module_redis, "inference")  # counts requests, micro-batched or not
     deadline = time.monotonic() + 10
-    while module_redis.llen("inference") < 3 and time.monotonic() < deadline:
+    while probe.depth() < 3 and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert module_redis.llen("inference") == 3
+    assert probe.depth() == 3
     # When more requests arrive
     responses = [post(idle_api.url, 3000) for _ in range(20)]
     # Then each is refused at once with 429, a JSON body and an integer Retry-After

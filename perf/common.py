@@ -43,6 +43,7 @@ RESULTS_ROOT = ROOT / "perf" / "results"
 RESERVED_PORTS = frozenset({6379, 8000, 9000, 9092, 9101, 9102, 5555})
 PERCENTILES = (50, 95, 99)
 STOP_TIMEOUT_S = 15
+PROGRESS_EVERY_S = 5
 
 
 class StackError(RuntimeError):
@@ -407,10 +408,15 @@ def run_client(mode: str, port: int, out: Path, log_dir: Path, *, timeout_s: flo
     stats_path = out.with_suffix(".stats.json")
     with child([PYTHON, "-m", "perf.loadgen", mode, "--port", str(port), "--out", str(out), *args],
                log_dir / f"{out.stem}.client.log") as process:
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            raise StackError(f"load client {out.stem} still running after {timeout_s:g}s") from None
+        started = time.monotonic()
+        while process.poll() is None:
+            waited = time.monotonic() - started
+            if waited > timeout_s:
+                raise StackError(f"load client {out.stem} still running after {timeout_s:g}s")
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(PROGRESS_EVERY_S)
+            if process.poll() is None:
+                print(f"  ... {out.stem}: {time.monotonic() - started:.0f} s", flush=True)
     if process.returncode != 0:
         raise StackError(f"load client {out.stem} exited {process.returncode}: see {log_dir / (out.stem + '.client.log')}")
     return client_stats(log_dir / f"{out.stem}.client.log", stats_path)

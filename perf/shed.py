@@ -169,7 +169,8 @@ def summary(out: Path, info: dict[str, Any], args: argparse.Namespace, fill: dic
             ["filler deadline", f"X-Request-Timeout-Ms: {args.filler_timeout_ms}"],
             ["measured calls", f"{args.calls} per phase, POST /predict with 9-feature rows, no deadline header"]]),
         "## Filling\n\n" + f"{sum(fill['statuses'].values())} filler calls in {fill['rounds']} round(s), "
-        f"{fill['seconds']} s; statuses {fill['statuses']}; queue length (Redis LLEN over the queue's keys) "
+        f"{fill['seconds']} s; statuses {fill['statuses']}; queue length (the API's own probe, "
+        "`tasks.queues.QueueProbe`: LLEN over the queue's keys plus requests inside batch messages) "
         f"{fill['depth']} before the measured calls and {depth_after} after them (429s enqueue nothing).",
         "## Results\n\n" + markdown_table(
             ["phase", "connections", "calls", "calls/s", "429 + queue_full + integer Retry-After", "statuses", "p50 ms",

@@ -15,7 +15,10 @@ import logging
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from devtools.processes import ManagedProcess
 
 DEFAULT_THREADS = 16
 DEFAULT_KEEPALIVE_S = 60
@@ -36,16 +39,15 @@ def serve(port: int, threads: int, keepalive_s: int) -> None:
                    connection_limit=1000, ident="perf-echo", _quiet=True)
 
 
-def start_echo(log_dir: Path, threads: int, keepalive_s: int = DEFAULT_KEEPALIVE_S) -> Any:
-    """The echo server as a ManagedProcess (not started yet) on a free loopback port, in `.port`."""
+def echo_process(log_dir: Path, threads: int, keepalive_s: int = DEFAULT_KEEPALIVE_S) -> tuple[ManagedProcess, int]:
+    """The echo server as a ManagedProcess (not started yet) on a free loopback port, and that port."""
     from devtools.processes import PYTHON, ManagedProcess
     from perf.common import child_env, free_loopback_port
 
     port = free_loopback_port()
-    process = ManagedProcess("echo", [PYTHON, "-m", "perf.echo", "--serve", "--port", str(port), "--threads",
-                                      str(threads), "--keepalive-s", str(keepalive_s)], child_env({}), log_dir)
-    process.port = port  # type: ignore[attr-defined]
-    return process
+    args = [PYTHON, "-m", "perf.echo", "--serve", "--port", str(port), "--threads", str(threads),
+            "--keepalive-s", str(keepalive_s)]
+    return ManagedProcess("echo", args, child_env({}), log_dir), port
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,7 +55,7 @@ from perf.common import (
     wait_http,
     write_csv,
 )
-from perf.echo import start_echo
+from perf.echo import echo_process
 
 HEALTHZ_GOAL_P99_MS = 20.0
 
@@ -112,10 +112,11 @@ class Run:
 def measure_echo(args: argparse.Namespace, raw: Path, n_features: int) -> Run:
     print(f"http: echo baseline, {args.connections} connections for {args.duration_s:g} s", flush=True)
     with contextlib.ExitStack() as stack:
-        echo = managed(stack, start_echo(raw / "logs", args.threads))
-        wait_http(f"http://127.0.0.1:{echo.port}/", 30, echo)
+        process, port = echo_process(raw / "logs", args.threads)
+        echo = managed(stack, process)
+        wait_http(f"http://127.0.0.1:{port}/", 30, echo)
         meter = CpuMeter({"echo server": echo.pid})
-        client = run_client("load", echo.port, raw / "echo.csv", raw, timeout_s=client_timeout(args),
+        client = run_client("load", port, raw / "echo.csv", raw, timeout_s=client_timeout(args),
                             args=load_args(args, "echo", "/echo", n_features))
         cores = meter.cores_used()
     return Run("echo (bare waitress)", Responses.read(raw / "echo.csv"), client, cores, args)

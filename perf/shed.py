@@ -158,7 +158,7 @@ def summary(out: Path, info: dict[str, Any], args: argparse.Namespace, fill: dic
                      ms(s["p50"]), ms(s["p95"]), ms(s["p99"]), ms(s["max"]), verdict(s["p99"], GOAL_P99_MS),
                      ", ".join(f"{k} s: {v}" for k, v in sorted(p["retry_after"].items())) or "none",
                      f"API {p['cores']['api']}, Redis {p['cores']['redis']}, client {p['cores']['client']}"])
-    invalid = Counter()
+    invalid: Counter[str] = Counter()
     for p in phases:
         invalid.update(p["responses"].invalid())
     return "\n\n".join([

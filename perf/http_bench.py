@@ -110,8 +110,9 @@ class Run:
 
 
 def measure_echo(args: argparse.Namespace, raw: Path, n_features: int) -> Run:
-    print(f"http: echo baseline, {args.connections} connections for {args.duration_s:g} s", flush=True)
+    print(f"echo baseline: {args.connections} connections for {args.duration_s:g} s", flush=True)
     with contextlib.ExitStack() as stack:
+        (raw / "logs").mkdir(parents=True, exist_ok=True)
         process, port = echo_process(raw / "logs", args.threads)
         echo = managed(stack, process)
         wait_http(f"http://127.0.0.1:{port}/", 30, echo)

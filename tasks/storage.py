@@ -76,6 +76,22 @@ class ObjectStore:
         with _translated(f"{bucket}/{key}"):
             self.client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
 
+    def stream(self, bucket: str, key: str, offset: int, length: int, chunk_bytes: int) -> Iterator[bytes]:
+        """The object's bytes [offset, offset + length) in chunks; the connection is opened before this
+        returns (errors surface here) and released when the iterator is exhausted or closed."""
+        with _translated(f"{bucket}/{key}"):
+            response = self.client.get_object(bucket, key, offset=offset, length=length)
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                with _translated(f"{bucket}/{key}"):
+                    yield from response.stream(chunk_bytes)
+            finally:
+                response.close()
+                response.release_conn()
+
+        return chunks()
+
     def exists(self, bucket: str, key: str) -> bool:
         try:
             with _translated(f"{bucket}/{key}"):

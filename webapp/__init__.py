@@ -6,6 +6,7 @@ from flask import Flask
 
 from settings import Settings, load_settings
 from webapp.claims import claims
+from webapp.downloads import downloads
 from webapp.errors import register_error_handlers
 from webapp.gateway import Gateway
 from webapp.views import api
@@ -24,6 +25,7 @@ def create_app(settings: Settings | None = None, *, start: bool = True) -> Flask
     app.extensions["gateway"] = gateway
     app.register_blueprint(api)
     app.register_blueprint(claims)
+    app.register_blueprint(downloads)
     register_error_handlers(app)
     if start:
         gateway.start()

@@ -27,6 +27,7 @@ from tasks.results import Outcome, ResultCollector
 from tasks.serving import PromotedModel
 from tasks.storage import ObjectStore
 from webapp.batcher import Item, MicroBatcher, Sent
+from webapp.cache import ResponseCache
 from webapp.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class Gateway:
         self.catalog: PromotedModel[ModelInfo] = PromotedModel(
             self.models, lambda pointer: self.models.describe(pointer)[0], loaded_event="model_discovered"
         )
+        self.cache = ResponseCache(self.redis, settings)
         self.draining = False
         # Up to one batch per worker process in flight: enough to keep every worker busy, few enough
         # that requests arriving meanwhile gather into the next batch instead of into more messages.
@@ -82,28 +84,34 @@ class Gateway:
         return self.catalog.current
 
     def sample_queue(self) -> QueueSample:
+        """Requests waiting (queue keys, batched items, rows not yet sent) and the drain counter: one
+        round trip. Raises 503 when Redis is unreachable."""
         try:
             sample = self.probe.sample()
         except redis.RedisError:
             ADMISSION.labels("unavailable").inc()
             raise ApiError(503, "redis_unavailable", "The queue is unreachable; retry shortly.",
                            {"Retry-After": str(REDIS_RETRY_AFTER_S)}) from None
+        if self.batcher:
+            sample = QueueSample(sample.depth + self.batcher.pending, sample.completed, sample.at)
         rate = self.drain.observe(sample)
         QUEUE_DEPTH.labels(self.settings.celery_queue).set(sample.depth)
         DRAIN_RATE.labels(self.settings.celery_queue).set(rate)
         return sample
 
-    def admit(self) -> QueueSample:
-        """Raise 503 when Redis is unreachable and 429 when the interactive queue is at its bound."""
+    def check_bound(self, sample: QueueSample) -> None:
+        """Raise 429, with a Retry-After from the queue length and the drain rate, at the bound."""
         settings = self.settings
-        sample = self.sample_queue()
-        if self.batcher:
-            sample = QueueSample(sample.depth + self.batcher.pending, sample.completed, sample.at)
         if settings.use_bounded_queue and sample.depth >= settings.queue_maxsize:
             ADMISSION.labels("shed_full").inc()
             log_event(log, "queue_job_rejected_full", depth=sample.depth, maxsize=settings.queue_maxsize)
             wait = retry_after_s(sample.depth - settings.queue_maxsize + 1, self.drain.rate)
             raise ApiError(429, "queue_full", "Too many requests are queued; retry later.", {"Retry-After": str(wait)})
+
+    def admit(self) -> QueueSample:
+        """503 when Redis is unreachable, 429 when the interactive queue is at its bound."""
+        sample = self.sample_queue()
+        self.check_bound(sample)
         return sample
 
     # -- work --------------------------------------------------------------------------------------

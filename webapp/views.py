@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -9,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tasks.errors import InvalidInput
 from tasks.inference import validate_rows
-from tasks.logs import now_ms
+from tasks.logs import log_event, now_ms
 from tasks.metrics import ADMISSION, REQUEST_LATENCY
 from webapp.errors import ApiError
 from webapp.gateway import Gateway
@@ -17,6 +18,7 @@ from webapp.openapi import openapi_document
 from webapp.parsing import parse_deadline, parse_json, parse_predict
 
 api = Blueprint("api", __name__)
+log = logging.getLogger(__name__)
 
 
 def gateway() -> Gateway:
@@ -55,27 +57,38 @@ def predict() -> Response:
     if deadline_ms <= now_ms():
         ADMISSION.labels("shed_deadline").inc()
         raise ApiError(504, "deadline_exceeded", "The request's deadline had passed before it could be queued.")
-    # 3. Redis unreachable: 503; queue at its bound: 429. One round trip.
-    sample = gw.admit()
+    # 3. Redis unreachable: 503. A busy queue answers repeated inputs from the cache; at the bound, 429.
+    sample = gw.sample_queue()
+    if gw.cache.applies(sample.depth):
+        key = gw.cache.key(info.version, parsed.rows)
+        cached = gw.cache.get(key)
+        if cached is not None:
+            ADMISSION.labels("cached").inc()
+            log_event(log, "served_cached", key=key)
+            return prediction_response(parsed.single, cached, info.version, cached=True)
+    gw.check_bound(sample)
     # 4. Enqueue and wait, at most until the deadline. Single rows share micro-batches.
     if parsed.single and gw.batcher is not None:
         try:
             prediction, version = gw.predict_one(parsed.rows[0], deadline_ms, sample.depth)
         except InvalidInput as error:
             raise ApiError(400, error.code, error.message) from None
-        return jsonify(prediction=prediction, model_version=version, cached=False)
-    outcome = gw.predict(parsed.rows, deadline_ms, sample.depth)
-    if outcome.expired:
-        raise ApiError(504, "deadline_exceeded", "The request's deadline passed while it was queued; it was not run.")
-    if not outcome.ok:
-        raise outcome.result if isinstance(outcome.result, Exception) else RuntimeError("inference failed")
-    result = outcome.result
-    body: dict[str, object] = {"model_version": result["model_version"], "cached": False}
-    if parsed.single:
-        body["prediction"] = result["predictions"][0]
+        predictions = [prediction]
     else:
-        body["predictions"] = result["predictions"]
-    return jsonify(body)
+        outcome = gw.predict(parsed.rows, deadline_ms, sample.depth)
+        if outcome.expired:
+            raise ApiError(504, "deadline_exceeded", "The request's deadline passed while it was queued; it was not run.")
+        if not outcome.ok:
+            raise outcome.result if isinstance(outcome.result, Exception) else RuntimeError("inference failed")
+        predictions, version = outcome.result["predictions"], outcome.result["model_version"]
+    gw.cache.put(gw.cache.key(version, parsed.rows), predictions)
+    return prediction_response(parsed.single, predictions, version, cached=False)
+
+
+def prediction_response(single: bool, predictions: list[float], version: str, *, cached: bool) -> Response:
+    if single:
+        return jsonify(prediction=predictions[0], model_version=version, cached=cached)
+    return jsonify(predictions=predictions, model_version=version, cached=cached)
 
 
 @api.get("/model")

@@ -108,9 +108,21 @@ class GroupConsumer:
             self.consumer.subscribe(topics, listener=listener)
 
     def poll(self, timeout_ms: int, max_records: int) -> list[ConsumerRecord]:
+        self._release_parked()
         with translated("poll"):
             batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=max(1, max_records))
         return [record for records in batches.values() for record in records]
+
+    def _release_parked(self) -> None:
+        """Work around kafka-python 3.0.12's fetcher (its port of KAFKA-7548): records already fetched for a
+        partition that is then paused are parked, and put back only while the fetcher's in-line slot is None;
+        but a drained slot is left in place, not None, so after a resume (or a reassignment) that partition is
+        never fetched again and its claims stall. A drained slot holds nothing, so clearing it changes nothing
+        else. Guarded: a kafka-python without these internals is left alone."""
+        fetcher = getattr(self.consumer, "_fetcher", None)
+        slot = getattr(fetcher, "_next_partition_records", None)
+        if slot is not None and not slot and getattr(fetcher, "_paused_partition_records", None):
+            fetcher._next_partition_records = None  # type: ignore[union-attr]
 
     def assignment(self) -> set[TopicPartition]:
         return set(self.consumer.assignment())

@@ -5,7 +5,7 @@ Issue 2, "what must hold" items 5 and 6. Three measurements, one after the other
 client process (`perf.loadgen`):
 
 1. echo: `perf.echo` (a WSGI app returning the posted JSON) on waitress with the API's HTTP_THREADS,
-   driven exactly like /predict: same client, connections, duration and bodies. Nothing else runs.
+   driven exactly like /predict: same client, connections, duration and bodies (the stack is idle).
 2. /predict against the stack (Redis, S3, one Celery worker process with QUEUE_WORKERS pool processes,
    the API): a closed loop, each connection sending its next request when the previous answer came.
 3. during 2., /healthz once every `--healthz-interval-ms` from two separate processes: one on a
@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from devtools.processes import PYTHON
+from perf import echo as echo_module
 from perf.common import (
     PERCENTILES,
     CpuMeter,
@@ -345,7 +346,7 @@ def run_echo_only(argv: list[str]) -> int:
     plot_statuses(s_ax, echo.per_second, "echo")
     save(fig, out / "echo.png")
     (out / "summary.md").write_text("\n\n".join([
-        f"# echo: bare waitress baseline ({info['date']})", __doc__.split("\n\n", 1)[1].strip(),
+        f"# echo: bare waitress baseline ({info['date']})", (echo_module.__doc__ or "").split("\n\n", 1)[1].strip(),
         markdown_table(["endpoint", "responses/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "statuses", "invalid bodies",
                         "cores used"], [echo.row()]),
         "## Machine\n\n" + machine_markdown(info)]) + "\n")

@@ -44,9 +44,16 @@ class ResponseCache:
         return json.loads(raw) if raw else None
 
     def put(self, key: str, predictions: list[float]) -> None:
-        if self.mode == "off":
+        self.put_many([(key, predictions)])
+
+    def put_many(self, entries: list[tuple[str, list[float]]]) -> None:
+        """Write answers in one round trip (a micro-batch writes all of its items at once)."""
+        if self.mode == "off" or not entries:
             return
         try:
-            self.client.set(key, json.dumps(predictions), ex=self.ttl_s)
+            pipe = self.client.pipeline(transaction=False)
+            for key, predictions in entries:
+                pipe.set(key, json.dumps(predictions), ex=self.ttl_s)
+            pipe.execute()
         except redis.RedisError:
             log.debug("cache write failed", extra={"event": "cache_unavailable"})

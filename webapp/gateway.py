@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
@@ -169,7 +170,18 @@ class Gateway:
             raise ApiError(503, "redis_unavailable", "The queue is unreachable; retry shortly.",
                            {"Retry-After": str(REDIS_RETRY_AFTER_S)}) from None
         log_event(log, "batch_sent", task_id=task_id, batch_size=len(items), keys=[item.id for item in items])
+        if self.cache.mode != "off":
+            outcome.add_done_callback(lambda done: self._cache_batch(items, done))
         return Sent(task_id, outcome, lambda: self.collector.forget([task_id]))
+
+    def _cache_batch(self, items: list[Item], done: Future[Outcome]) -> None:
+        """Remember a batch's answers, in one round trip, off the request threads (collector thread)."""
+        outcome = done.result()
+        if not outcome.ok:
+            return
+        version = outcome.result["model_version"]
+        self.cache.put_many([(self.cache.key(version, [item.row]), [result["prediction"]])
+                             for item, result in zip(items, outcome.result["results"], strict=True) if "prediction" in result])
 
     def readiness(self) -> dict[str, str]:
         checks: dict[str, str] = {}

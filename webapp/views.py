@@ -73,14 +73,13 @@ def predict() -> Response:
             prediction, version = gw.predict_one(parsed.rows[0], deadline_ms, sample.depth)
         except InvalidInput as error:
             raise ApiError(400, error.code, error.message) from None
-        predictions = [prediction]
-    else:
-        outcome = gw.predict(parsed.rows, deadline_ms, sample.depth)
-        if outcome.expired:
-            raise ApiError(504, "deadline_exceeded", "The request's deadline passed while it was queued; it was not run.")
-        if not outcome.ok:
-            raise outcome.result if isinstance(outcome.result, Exception) else RuntimeError("inference failed")
-        predictions, version = outcome.result["predictions"], outcome.result["model_version"]
+        return prediction_response(True, [prediction], version, cached=False)  # the batch cached it
+    outcome = gw.predict(parsed.rows, deadline_ms, sample.depth)
+    if outcome.expired:
+        raise ApiError(504, "deadline_exceeded", "The request's deadline passed while it was queued; it was not run.")
+    if not outcome.ok:
+        raise outcome.result if isinstance(outcome.result, Exception) else RuntimeError("inference failed")
+    predictions, version = outcome.result["predictions"], outcome.result["model_version"]
     gw.cache.put(gw.cache.key(version, parsed.rows), predictions)
     return prediction_response(parsed.single, predictions, version, cached=False)
 

@@ -166,6 +166,7 @@ def summary(out: Path, info: dict[str, Any], args: argparse.Namespace, fill: dic
         __doc__.split("\n\n", 1)[1].strip(),
         "## Set-up\n\n" + markdown_table(["setting", "value"], [
             ["workers", "none (the queue cannot drain)"], ["QUEUE_MAXSIZE", args.maxsize], ["HTTP_THREADS", args.threads],
+            ["CACHE_MODE", "off (the shedding decision, not the cache, is measured)"],
             ["filler deadline", f"X-Request-Timeout-Ms: {args.filler_timeout_ms}"],
             ["measured calls", f"{args.calls} per phase, POST /predict with 9-feature rows, no deadline header"]]),
         "## Filling\n\n" + f"{sum(fill['statuses'].values())} filler calls in {fill['rounds']} round(s), "
@@ -191,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     out = results_dir("shed")
     raw = out / "raw"
-    env = {"QUEUE_MAXSIZE": str(args.maxsize), "HTTP_THREADS": str(args.threads), "USE_BOUNDED_QUEUE": "true"}
+    # No response cache: a cached answer would be a 200, and this scenario measures the shedding decision.
+    env = {"QUEUE_MAXSIZE": str(args.maxsize), "HTTP_THREADS": str(args.threads), "USE_BOUNDED_QUEUE": "true",
+           "CACHE_MODE": "off"}
     print(f"shed: starting a stack with no worker, QUEUE_MAXSIZE={args.maxsize} (results in {out})", flush=True)
     with Stack(raw / "logs", worker_processes=0, env=env) as stack:
         n_features = int(stack.model()["n_features"])

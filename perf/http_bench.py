@@ -286,7 +286,7 @@ def summary(info: dict[str, Any], args: argparse.Namespace, stack_env: dict[str,
         "wait for the API process's GIL and for a CPU while /predict runs.\n"
         f"- API CPU per /predict answer: {predict.cores.get('api', 0) * 1000 / max(predict.throughput, 1e-9):.1f} ms "
         f"(echo server: {echo.cores.get('echo server', 0) * 1000 / max(echo.throughput, 1e-9):.2f} ms); worker CPU per "
-        f"task: {sum(v for k, v in predict.cores.items() if k.startswith('worker')) * 1000 / max(predict.throughput, 1e-9):.1f} ms.\n"
+        f"/predict answer: {sum(v for k, v in predict.cores.items() if k.startswith('worker')) * 1000 / max(predict.throughput, 1e-9):.1f} ms.\n"
         f"- /predict answers other than 200: {non_200 or 'none'}; invalid bodies or transport errors: "
         f"{dict(invalid) or 'none'}; answered from cache: {cached}.",
         "`cores used` is CPU time over wall time during the run (1.0 = one core busy): on a 2-core machine shared "

@@ -1,0 +1,331 @@
+"""`python -m perf.kafka_burst [--claims 10000] [--maxsize 40]`: a burst of claims through the Kafka bridge.
+
+Starts its own Redis, S3 (moto) and Kafka-protocol broker (Tansu), a Celery worker, the bridge and the API,
+publishes N valid claims at once, and measures:
+
+- the bridge's in-flight count, sampled every 50 ms from its /metrics, against QUEUE_MAXSIZE;
+- pause/resume transitions (consumer_paused / consumer_resumed log events);
+- the drain rate: claims per second from the first publish until every offset is committed;
+- the bridge's resident memory, idle and at its peak during the burst;
+- results complete (one result object per claim), claims computed twice, committed offsets vs the ends;
+- interactive /predict latency (p50/p99) idle and while the burst drains.
+
+Writes `run-maxsize<N>.json` and `samples-maxsize<N>.csv` to perf/results/<YYYY-MM-DD>-<hostname>-kafka-burst/ and
+regenerates `summary.md` there from every run in the folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import re
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import psutil
+import requests
+from kafka import KafkaAdminClient, KafkaProducer
+
+from devtools.processes import PYTHON, ROOT, ManagedProcess, start_api, start_worker
+from devtools.services import Service, free_port, start_kafka, start_redis, start_s3
+from settings import Settings
+from tasks.demo_model import FEATURES, SAMPLE_KEY, publish_demo
+from tasks.storage import ObjectStore
+
+PARTITIONS = 4
+SAMPLE_INTERVAL_S = 0.05
+_GAUGE = re.compile(r"^(bridge_claims_in_flight|bridge_consumer_paused) (\S+)$", re.MULTILINE)
+
+
+def results_dir(base: Path) -> Path:
+    path = base / f"{dt.date.today().isoformat()}-{socket.gethostname()}-kafka-burst"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class Sampler:
+    """Every SAMPLE_INTERVAL_S: the bridge's in-flight gauge, its paused flag and its RSS."""
+
+    def __init__(self, url: str, pid: int) -> None:
+        self.url = url
+        self.process = psutil.Process(pid)
+        self.rows: list[tuple[float, float, float, float]] = []  # t, in_flight, paused, rss_mb
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.started = time.monotonic()
+
+    def start(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(SAMPLE_INTERVAL_S):
+            try:
+                text = requests.get(f"{self.url}/metrics", timeout=1).text
+                rss = self.process.memory_info().rss / 2**20
+            except (requests.RequestException, psutil.Error):
+                continue
+            gauges = dict(_GAUGE.findall(text))
+            self.rows.append((round(time.monotonic() - self.started, 3), float(gauges.get("bridge_claims_in_flight", 0)),
+                              float(gauges.get("bridge_consumer_paused", 0)), round(rss, 2)))
+
+
+class PredictProbe:
+    """One client sending /predict back to back; latencies in ms."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.latencies: list[float] = []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._session = requests.Session()
+        self._body = {"features": [1.0] * len(FEATURES)}
+
+    def run_for(self, count: int) -> list[float]:
+        for _ in range(count):
+            self._one()
+        return list(self.latencies)
+
+    def start(self) -> PredictProbe:
+        self.latencies = []
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(20)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._one()
+            self._stop.wait(0.01)
+
+    def _one(self) -> None:
+        started = time.perf_counter()
+        try:
+            ok = self._session.post(f"{self.url}/predict", json=self._body, timeout=20).status_code == 200
+        except requests.RequestException:
+            ok = False
+        if ok:
+            self.latencies.append((time.perf_counter() - started) * 1000)
+        else:
+            self.errors += 1
+
+
+def percentile(values: list[float], pct: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))], 2)
+
+
+def publish(kafka: str, topic: str, prefix: str, count: int, bucket: str) -> dict[int, int]:
+    producer = KafkaProducer(bootstrap_servers=kafka, linger_ms=20, batch_size=262144)
+    try:
+        futures = [producer.send(topic, key=f"{prefix}-{i}".encode(), partition=i % PARTITIONS,
+                                 value=json.dumps({"claim_id": f"{prefix}-{i}", "bucket": bucket,
+                                                   "object_key": SAMPLE_KEY}).encode())
+                   for i in range(count)]
+        producer.flush(120)
+        ends: dict[int, int] = {}
+        for future in futures:
+            meta = future.get(timeout=60)
+            ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
+        return ends
+    finally:
+        producer.close()
+
+
+def committed(admin: KafkaAdminClient, group: str, topic: str) -> dict[int, int]:
+    offsets = admin.list_group_offsets(group).get(group, {})
+    return {tp.partition: mark.offset for tp, mark in offsets.items() if tp.topic == topic}
+
+
+def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    services: list[Service] = []
+    processes: list[ManagedProcess] = []
+    try:
+        print("starting Redis, S3 and Kafka ...", flush=True)
+        redis_service, s3_service, kafka_service = start_redis(workdir=workdir), start_s3(workdir=workdir), \
+            start_kafka(workdir=workdir)
+        services += [redis_service, s3_service, kafka_service]
+        settings = Settings(redis_url=f"redis://{redis_service.address}/0", s3_endpoint=s3_service.address)
+        publish_demo(settings)
+        topic = f"claims-{uuid.uuid4().hex[:6]}"
+        group = f"burst-{topic}"
+        metrics_port = free_port()
+        env = {**{k: v for k, v in os.environ.items() if k.upper() not in {n.upper() for n in Settings.model_fields}},
+               "REDIS_URL": settings.redis_url, "S3_ENDPOINT": s3_service.address, "LOG_FORMAT": "json",
+               "KAFKA_BOOTSTRAP_SERVERS": kafka_service.address, "KAFKA_TOPIC_CLAIMS": topic,
+               "KAFKA_TOPIC_DLQ": f"{topic}.dlq", "KAFKA_GROUP_ID": group, "KAFKA_TOPIC_PARTITIONS": str(PARTITIONS),
+               "QUEUE_MAXSIZE": str(args.maxsize), "QUEUE_WORKERS": str(args.workers),
+               "BRIDGE_METRICS_PORT": str(metrics_port), "PYTHONUNBUFFERED": "1"}
+        logs = workdir / "logs"
+        logs.mkdir(exist_ok=True)
+        print("starting worker, bridge and API ...", flush=True)
+        worker = start_worker(env, logs)
+        processes.append(worker)
+        bridge = ManagedProcess("bridge", [PYTHON, "-m", "bridge"], env, logs).start()
+        processes.append(bridge)
+        url = f"http://127.0.0.1:{metrics_port}"
+        bridge.wait_for(lambda: _status(f"{url}/readyz") == 200, 60, "bridge /readyz")
+        api = start_api(env, logs, free_port()) if args.api else None
+        if api is not None:
+            processes.append(api)
+        # Idle figures: memory of the ready bridge, and /predict latency with no burst.
+        idle_rss = statistics.median(_rss_samples(bridge.pid, 10))
+        idle_predict = PredictProbe(api.url).run_for(args.predict_samples) if api is not None else []
+        sampler = Sampler(url, bridge.pid).start()
+        probe = PredictProbe(api.url).start() if api is not None else None
+        admin = KafkaAdminClient(bootstrap_servers=kafka_service.address)
+        print(f"publishing {args.claims} claims (QUEUE_MAXSIZE={args.maxsize}) ...", flush=True)
+        started = time.monotonic()
+        prefix = f"b{uuid.uuid4().hex[:6]}"
+        ends = publish(kafka_service.address, topic, prefix, args.claims, settings.bucket_processed)
+        published_s = time.monotonic() - started
+        deadline = started + args.timeout_s
+        final: dict[int, int] = {}
+        while time.monotonic() < deadline:
+            final = committed(admin, group, topic)
+            if final == ends:
+                break
+            if not (bridge.alive() and worker.alive()):
+                raise RuntimeError(f"a process exited during the burst:\n{bridge.output()[-2000:]}")
+            time.sleep(0.2)
+        drained_s = time.monotonic() - started
+        sampler.stop()
+        if probe is not None:
+            probe.stop()
+        admin.close()
+        store = ObjectStore(settings)
+        stored = sum(1 for _ in store.client.list_objects(settings.bucket_logs, prefix=f"claims/{prefix}-",
+                                                          recursive=True))
+        computed = Counter(e["claim_id"] for e in worker.events("predict_inference_start") if e.get("claim_id"))
+        in_flight = [row[1] for row in sampler.rows]
+        rss = [row[3] for row in sampler.rows]
+        busy_predict = probe.latencies if probe is not None else []
+        return {
+            "claims": args.claims, "maxsize": args.maxsize, "workers": args.workers, "partitions": PARTITIONS,
+            "samples": len(sampler.rows),
+            "sample_interval_ms_max": round(max((b[0] - a[0] for a, b in zip(sampler.rows, sampler.rows[1:],
+                                                                               strict=False)), default=0) * 1000, 1),
+            "in_flight_max": max(in_flight, default=0), "within_bound": max(in_flight, default=0) <= args.maxsize,
+            "enqueued_depth_max": max((e["depth"] for e in bridge.events("queue_enqueued")), default=0),
+            "pauses": len(bridge.events("consumer_paused")), "resumes": len(bridge.events("consumer_resumed")),
+            "publish_s": round(published_s, 2), "drain_s": round(drained_s, 2),
+            "drain_rate_per_s": round(args.claims / drained_s, 1) if final == ends else None,
+            "rss_idle_mb": round(idle_rss, 1), "rss_peak_mb": round(max(rss, default=idle_rss), 1),
+            "rss_growth_mb": round(max(rss, default=idle_rss) - idle_rss, 1),
+            "results_stored": stored, "results_complete": stored == args.claims,
+            "computed_twice": sum(1 for n in computed.values() if n > 1),
+            "ends": {str(k): v for k, v in sorted(ends.items())},
+            "committed": {str(k): v for k, v in sorted(final.items())}, "committed_at_end": final == ends,
+            "predict_idle_p50_ms": percentile(idle_predict, 50), "predict_idle_p99_ms": percentile(idle_predict, 99),
+            "predict_busy_p50_ms": percentile(busy_predict, 50), "predict_busy_p99_ms": percentile(busy_predict, 99),
+            "predict_busy_count": len(busy_predict), "predict_busy_errors": probe.errors if probe else 0,
+            "_rows": sampler.rows,
+        }
+    finally:
+        for process in reversed(processes):
+            process.stop()
+        for service in services:
+            service.stop()
+
+
+def _status(url: str) -> int:
+    try:
+        return requests.get(url, timeout=1).status_code
+    except requests.RequestException:
+        return 0
+
+
+def _rss_samples(pid: int, count: int) -> list[float]:
+    samples = []
+    for _ in range(count):
+        samples.append(psutil.Process(pid).memory_info().rss / 2**20)
+        time.sleep(0.1)
+    return samples
+
+
+def write(out: Path, result: dict[str, Any]) -> None:
+    rows = result.pop("_rows")
+    name = f"maxsize{result['maxsize']}"
+    with open(out / f"samples-{name}.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["t_s", "in_flight", "paused", "rss_mb"])
+        writer.writerows(rows)
+    (out / f"run-{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    runs = [json.loads(path.read_text()) for path in sorted(out.glob("run-maxsize*.json"))]
+    runs.sort(key=lambda r: r["maxsize"])
+    lines = [
+        f"# Kafka burst through the bridge ({socket.gethostname()}, {dt.date.today().isoformat()})",
+        "",
+        f"{os.cpu_count()} CPUs. Each run: its own Redis, S3 (moto), Tansu broker, one Celery worker "
+        "(QUEUE_WORKERS processes), the bridge and the API; N claims published at once on a 4-partition topic, "
+        "each claim scoring the 256-row demo Parquet file. In-flight and RSS sampled every 50 ms from the "
+        "bridge's /metrics and /proc. Drain rate: N over the time from the first publish until every "
+        "partition's committed offset reached its end. /predict: one client, back to back.",
+        "",
+        "| | " + " | ".join(f"QUEUE_MAXSIZE={r['maxsize']}" for r in runs) + " |",
+        "| --- | " + " | ".join("---" for _ in runs) + " |",
+    ]
+    fields = [
+        ("claims", "claims published"), ("samples", "in-flight samples"),
+        ("sample_interval_ms_max", "longest gap between samples (ms)"),
+        ("in_flight_max", "max in-flight (sampled)"), ("enqueued_depth_max", "max in-flight (logged per claim)"),
+        ("within_bound", "never above the bound"), ("pauses", "consumer_paused"), ("resumes", "consumer_resumed"),
+        ("publish_s", "publish time (s)"), ("drain_s", "publish to fully committed (s)"),
+        ("drain_rate_per_s", "drain rate (claims/s)"), ("rss_idle_mb", "bridge RSS idle (MB)"),
+        ("rss_peak_mb", "bridge RSS peak (MB)"), ("rss_growth_mb", "RSS growth (MB)"),
+        ("results_stored", "result objects"), ("results_complete", "every claim has a result"),
+        ("computed_twice", "claims computed twice"), ("committed_at_end", "committed offsets at the ends"),
+        ("predict_idle_p50_ms", "/predict p50 idle (ms)"), ("predict_idle_p99_ms", "/predict p99 idle (ms)"),
+        ("predict_busy_p50_ms", "/predict p50 during burst (ms)"),
+        ("predict_busy_p99_ms", "/predict p99 during burst (ms)"), ("predict_busy_count", "/predict during burst"),
+        ("predict_busy_errors", "/predict errors during burst"),
+    ]
+    for key, label in fields:
+        lines.append(f"| {label} | " + " | ".join(str(r.get(key)) for r in runs) + " |")
+    lines += ["", "Per-run samples: `samples-maxsize<N>.csv` (t_s, in_flight, paused, rss_mb); figures: "
+              "`run-maxsize<N>.json`.", ""]
+    (out / "summary.md").write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="A burst of claims through the Kafka bridge.")
+    parser.add_argument("--claims", type=int, default=10_000)
+    parser.add_argument("--maxsize", type=int, default=40, help="QUEUE_MAXSIZE for the bridge")
+    parser.add_argument("--workers", type=int, default=2, help="QUEUE_WORKERS of the one worker")
+    parser.add_argument("--timeout-s", type=float, default=900)
+    parser.add_argument("--predict-samples", type=int, default=200, help="idle /predict requests")
+    parser.add_argument("--no-api", dest="api", action="store_false", help="skip the /predict measurements")
+    parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="kafka-burst-") as tmp:
+        result = run(args, Path(tmp))
+    out = results_dir(args.out)
+    write(out, result)
+    print(json.dumps(result, indent=2))
+    print(f"written to {out}")
+    ok = result["within_bound"] and result["results_complete"] and result["committed_at_end"]
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -56,7 +56,9 @@ class Gateway:
         self.drain = DrainRate()
         self.models = ModelStore(settings, ObjectStore(settings, timeout_s=2.0))
         self.catalog: PromotedModel[ModelInfo] = PromotedModel(
-            self.models, lambda pointer: self.models.describe(pointer)[0], loaded_event="model_discovered"
+            # Verified like the workers verify it (checksum, loads, features agree), so /model never names
+            # a version the workers refused.
+            self.models, lambda pointer: self.models.load(pointer).info, loaded_event="model_discovered"
         )
         self.cache = ResponseCache(self.redis, settings)
         self.draining = False

@@ -17,9 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from devtools.processes import PYTHON, ROOT, ManagedProcess, start_worker
-from devtools.services import Service
+from devtools.services import Service, free_port
 from settings import Settings
-from tasks.demo_model import SAMPLE_KEY
+from tasks.demo_model import FEATURES, MODEL_NAME, SAMPLE_KEY, train
+from tasks.inference import ModelInfo
+from tasks.model_store import ModelStore
 from tasks.storage import ObjectStore
 from tests.e2e.bridge_support import (
     InFlightSampler,
@@ -174,3 +176,47 @@ def test_poison_records_go_to_the_dlq_and_nothing_stalls(module_env: dict[str, s
     valid = len(messages) - len(poisons)
     wait_until(lambda: len(results(settings, f"{prefix}-ok")) == valid, 60, "valid claims computed", [bridge, worker])
     wait_until(lambda: committed(kafka_service.address, group, topic) == ends, 20, f"commits reach {ends}", [bridge])
+
+
+def test_bridge_exits_non_zero_when_kafka_is_unreachable(module_env: dict[str, str], log_dir: Path) -> None:
+    env = {**bridge_env(module_env, f"127.0.0.1:{free_port()}", maxsize=10), "STARTUP_TIMEOUT_S": "1"}
+    bridge = ManagedProcess("bridge-nokafka", [PYTHON, "-m", "bridge"], env, log_dir).start()
+    assert bridge.wait_exit(60) != 0
+    last = bridge.output().strip().splitlines()[-1]
+    assert "KAFKA_BOOTSTRAP_SERVERS" in last and "unreachable" in last
+
+
+def test_model_selected_records_switch_every_worker(module_env: dict[str, str], kafka_service: Service,
+                                                    settings: Settings, worker: ManagedProcess, demo_model: str,
+                                                    bridges: Callable[..., ManagedProcess]) -> None:
+    # Given a second version of the model, stored but not promoted
+    models = ModelStore(settings, ObjectStore(settings))
+    demo = models.current()
+    assert demo is not None and demo.version == demo_model
+    estimator, _ = train()
+    version = f"promoted-{uuid.uuid4().hex[:6]}"
+    pointer = models.save(ModelInfo(MODEL_NAME, version, len(FEATURES), FEATURES), estimator)
+    env = bridge_env(module_env, kafka_service.address, maxsize=10)
+    bridge = bridges(env)
+    try:
+        # When a model-selected record names it (and a training announcement passes by)
+        publish(kafka_service.address, env["KAFKA_TOPIC_MODEL_SELECTED"], [(None, json.dumps(pointer.as_json()).encode(), [])])
+        publish(kafka_service.address, env["KAFKA_TOPIC_MODEL_TRAINING"],
+                [(None, json.dumps({"run_id": "r1", "bucket": "b", "object_key": "k"}).encode(), [])])
+        # Then the bridge promotes it, and both worker processes load it without a restart
+        bridge.wait_for_event("model_selected", 30)
+        assert models.current() == pointer
+        worker.wait_for(lambda: len([e for e in worker.events("model_loaded") if e["version"] == version]) >= 2, 30,
+                        f"model_loaded {version} in both worker processes")
+        assert bridge.events("model_training_announced")[0]["run_id"] == "r1"
+        # And claims from then on are scored by the new version
+        prefix = f"promo-{uuid.uuid4().hex[:6]}"
+        publish(kafka_service.address, env["KAFKA_TOPIC_CLAIMS"], valid_claims(prefix, 4, settings.bucket_processed,
+                                                                               SAMPLE_KEY))
+        wait_until(lambda: len(results(settings, prefix)) == 4, 30, "4 claims scored", [bridge, worker])
+        store = ObjectStore(settings)
+        assert {json.loads(store.get_bytes(settings.bucket_logs, f"claims/{prefix}-{i}.json"))["model_version"]
+                for i in range(4)} == {version}
+    finally:
+        models.promote(demo)  # the rest of the session expects the demo model
+        worker.wait_for(lambda: worker.events("model_loaded")[-1]["version"] == demo.version, 30, "demo model back")

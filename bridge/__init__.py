@@ -1,5 +1,8 @@
 """The Kafka bridge: claims in, Celery tasks out, offsets committed only after results.
 
+    __main__.py   `python -m bridge`: settings, logging, start-up checks, run
+    startup.py    wait for Kafka (STARTUP_TIMEOUT_S), create missing topics
+    errors.py     the bridge's error types
     consumer.py   kafka-python wrapped: our exceptions, the group's consumer, producer and topics
     claims.py     a record becomes a Claim or a ClaimRejected with its DLQ code
     offsets.py    per partition, the offset that is safe to commit (pure)

@@ -3,7 +3,8 @@
 - `ClaimRejected`: this record cannot be processed; it goes to the DLQ with `code` and counts as done.
 - `KafkaUnavailable`: the broker did not answer; retried with an interruptible wait, fatal at start-up.
 - `CommitFailed`: a commit was refused (usually a rebalance in progress); the next commit retries.
-- `ShutdownRequested`: a BaseException, so that no `except Exception` can swallow a stop.
+
+Shutting down is not an error: a signal sets the loop's stop event, and the loop drains (loop.py).
 """
 
 from __future__ import annotations
@@ -25,8 +26,4 @@ class KafkaUnavailable(BridgeError):
 
 
 class CommitFailed(BridgeError):
-    pass
-
-
-class ShutdownRequested(BaseException):  # noqa: N818 - a signal, not an error
     pass

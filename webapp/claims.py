@@ -71,11 +71,16 @@ class ClaimsPublisher:
                 self._producer = None
 
 
+_CREATE = threading.Lock()
+
+
 def publisher() -> ClaimsPublisher:
-    found = current_app.extensions.get("claims_publisher")
-    if found is None:
-        found = current_app.extensions["claims_publisher"] = ClaimsPublisher(current_app.extensions["gateway"].settings)
-    return found
+    with _CREATE:
+        found = current_app.extensions.get("claims_publisher")
+        if found is None:
+            found = ClaimsPublisher(current_app.extensions["gateway"].settings)
+            current_app.extensions["claims_publisher"] = found
+        return found
 
 
 def _authorize(settings: Settings) -> None:

@@ -63,21 +63,27 @@ class QueueSample:
     at: float
 
 
+# Queue length (every key, plus the extra requests inside batch messages) and the completion counter,
+# computed in Redis: one command, one reply, whatever the number of keys.
+_SAMPLE_SCRIPT = """
+local depth = 0
+for i = 1, #KEYS - 2 do depth = depth + redis.call('LLEN', KEYS[i]) end
+for _, extra in ipairs(redis.call('HVALS', KEYS[#KEYS - 1])) do depth = depth + tonumber(extra) end
+return {depth, tonumber(redis.call('GET', KEYS[#KEYS]) or '0')}
+"""
+
+
 class QueueProbe:
     def __init__(self, client: redis.Redis, queue: str) -> None:
         self.client = client
         self.queue = queue
-        self.keys = queue_keys(queue)
+        self.keys = [*queue_keys(queue), batch_items_key(queue), completed_key(queue)]
+        self._script = client.register_script(_SAMPLE_SCRIPT)
 
     def sample(self) -> QueueSample:
-        """Queue length and the completion counter, in one pipelined round trip."""
-        pipe = self.client.pipeline(transaction=False)
-        for key in self.keys:
-            pipe.llen(key)
-        pipe.hvals(batch_items_key(self.queue))
-        pipe.get(completed_key(self.queue))
-        *lengths, extra, completed = pipe.execute()
-        return QueueSample(sum(lengths) + sum(int(n) for n in extra), int(completed or 0), time.monotonic())
+        """Requests waiting and the completion counter, in one round trip."""
+        depth, completed = self._script(keys=self.keys)
+        return QueueSample(int(depth), int(completed), time.monotonic())
 
     def depth(self) -> int:
         return self.sample().depth

@@ -12,7 +12,13 @@ from webapp.server import serve
 log = logging.getLogger("webapp")
 
 
+# Hand the GIL over every 1 ms instead of 5 ms: with HTTP_THREADS threads runnable at once, a health
+# probe or a short request waits for the interpreter far less, for a small cost in throughput.
+GIL_SWITCH_INTERVAL_S = 0.001
+
+
 def main() -> int:
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     settings = load_settings()
     configure_logging("webapp", settings)
     announce("webapp", settings)

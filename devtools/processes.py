@@ -98,16 +98,24 @@ class ManagedProcess:
 def start_worker(env: dict[str, str], log_dir: Path, *extra: str, name: str = "worker") -> ManagedProcess:
     args = [CELERY, "-A", "tasks", "worker", "--loglevel=INFO", "-E", f"--hostname={name}@%h", *extra]
     worker = ManagedProcess(name, args, env, log_dir).start()
-    worker.wait_for_event("worker_ready", timeout_s=60)
+    try:
+        worker.wait_for_event("worker_ready", timeout_s=60)
+    except BaseException:
+        worker.stop()
+        raise
     return worker
 
 
 def start_api(env: dict[str, str], log_dir: Path, port: int, *, ready: bool = True) -> ManagedProcess:
     api = ManagedProcess("api", [PYTHON, "-m", "webapp"], {**env, "PORT": str(port)}, log_dir).start()
     url = api.url = f"http://127.0.0.1:{port}"
-    api.wait_for(lambda: _ok(f"{url}/healthz"), 60, "/healthz 200")
-    if ready:
-        api.wait_for(lambda: _ok(f"{url}/readyz"), 60, "/readyz 200")
+    try:
+        api.wait_for(lambda: _ok(f"{url}/healthz"), 60, "/healthz 200")
+        if ready:
+            api.wait_for(lambda: _ok(f"{url}/readyz"), 60, "/readyz 200")
+    except BaseException:
+        api.stop()
+        raise
     return api
 
 

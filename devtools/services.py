@@ -74,6 +74,17 @@ def port_open(host: str, port: int, timeout_s: float = 0.2) -> bool:
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float, what: str, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll `check` until true; on failure, stop `process` (nothing is left running) and raise."""
+    try:
+        _wait(check, timeout_s, what, process)
+    except ServiceError:
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(5)
+        raise
+
+
+def _wait(check: Callable[[], bool], timeout_s: float, what: str, process: subprocess.Popen[bytes] | None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:

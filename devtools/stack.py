@@ -78,7 +78,10 @@ def main() -> int:
     # Let every process finish its own drain (DRAIN_TIMEOUT_S) before the runner kills it.
     honcho.manager.KILL_WAIT = int(settings.drain_timeout_s) + 5
     manager = Manager()
-    for name, command in {**infrastructure(settings), **applications(settings)}.items():
+    for name, command in infrastructure(settings).items():
+        # The stand-ins log every request they serve; their start and stop still show.
+        manager.add_process(name, command, cwd=str(ROOT), quiet=True)
+    for name, command in applications(settings).items():
         manager.add_process(name, command, cwd=str(ROOT))
     print(f"API http://{settings.host}:{settings.port}  Flower http://127.0.0.1:5555  (Ctrl-C stops everything)", flush=True)
     manager.loop()

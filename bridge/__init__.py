@@ -10,6 +10,7 @@
     dispatch.py   claims to Celery tasks and their results back, through one collector thread
     deadletter.py the DLQ producer
     models.py     model-selected and model-training records
+    rebalance.py  the rebalance listener: commit_async on revoke, changes handed to the poll loop
     loop.py       the poll loop that ties them together; only it touches the consumer
     http.py       /metrics, /healthz, /readyz
     lag.py        `python -m bridge.lag`: committed offset, end offset and lag per partition

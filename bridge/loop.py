@@ -6,8 +6,7 @@ pause/resume from the depth, poll at most `room` records and take them, re-send 
 - Depth is the claims in flight (dispatched, not finished), guarded by the bulk queue's Redis length in
   case other producers fill it. A record beyond the room is never taken: the consumer seeks back to it.
 - Commit rule (offsets.py): per partition, the lowest unfinished offset; at least every second, and on
-  revoke with a non-blocking commit_async from a snapshot (kafka-python 3.x runs the revoke callback on
-  its IO thread, where a blocking commit raises). Results for partitions no longer owned are dropped.
+  revoke (rebalance.py). Results for partitions no longer owned are dropped.
 - SIGTERM: stop taking claims (pause everything, keep polling), wait up to DRAIN_TIMEOUT_S for the
   claims in flight, commit, close. A second signal exits at once.
 """
@@ -23,7 +22,7 @@ import time
 from typing import Any
 
 import redis
-from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka import TopicPartition
 
 from bridge import dispatch
 from bridge.claims import parse_claim, task_id
@@ -34,6 +33,7 @@ from bridge.errors import ClaimRejected, CommitFailed, KafkaUnavailable
 from bridge.flow import FlowControl, Transition
 from bridge.models import ModelRecords
 from bridge.offsets import OffsetTracker
+from bridge.rebalance import Assigned, Rebalance, Revoked, labelled, names
 from settings import Settings
 from tasks import metrics
 from tasks.celery_app import create_celery
@@ -49,51 +49,6 @@ POLL_TIMEOUT_MS = 100  # how long a turn may wait for records: also how late a r
 COMMIT_INTERVAL_S = 1.0
 QUEUE_SAMPLE_INTERVAL_S = 0.05  # the Redis length guard is one round trip per 50 ms at most
 RETRY_WAIT_S = 1.0  # after Redis or Kafka refused an enqueue or a DLQ write
-
-
-class Revoked:
-    def __init__(self, partitions: set[TopicPartition]) -> None:
-        self.partitions = partitions
-
-
-class Assigned:
-    def __init__(self, partitions: set[TopicPartition]) -> None:
-        self.partitions = partitions
-
-
-class Rebalance(ConsumerRebalanceListener):
-    """Runs on kafka-python's IO thread: commit_async from the poll thread's last snapshot (offsets only
-    move forward, so a snapshot is never past an unfinished claim), then hand the change over."""
-
-    def __init__(self, bridge: Bridge) -> None:
-        self.bridge = bridge
-
-    def on_partitions_revoked(self, revoked: Any) -> None:
-        partitions = set(revoked)
-        snapshot = self.bridge.safe_offsets
-        offsets = {tp: snapshot[tp] for tp in partitions if tp in snapshot}
-        consumer = self.bridge.consumer
-        if offsets and consumer is not None:
-            try:
-                consumer.commit_async(offsets)
-                log_event(log, "commit_offsets", tps=_names(offsets), offsets=_labelled(offsets), on="revoke")
-            except (CommitFailed, KafkaUnavailable) as error:
-                log.warning("commit on revoke failed: %s", error, extra={"event": "commit_failed"})
-        self.bridge.events.put(Revoked(partitions))
-
-    def on_partitions_lost(self, lost: Any) -> None:
-        self.bridge.events.put(Revoked(set(lost)))  # no longer ours: nothing may be committed for them
-
-    def on_partitions_assigned(self, assigned: Any) -> None:
-        self.bridge.events.put(Assigned(set(assigned)))
-
-
-def _names(offsets: dict[TopicPartition, int]) -> list[str]:
-    return sorted(f"{tp.topic}:{tp.partition}" for tp in offsets)
-
-
-def _labelled(offsets: dict[TopicPartition, int]) -> dict[str, int]:
-    return {f"{tp.topic}:{tp.partition}": offset for tp, offset in sorted(offsets.items())}
 
 
 class Bridge:
@@ -185,7 +140,12 @@ class Bridge:
         depth = self.depth()
         self.steer(depth)
         room = 0 if self.draining or time.monotonic() < self._retry_after else self.flow.room(depth)
-        records = self.consumer.poll(POLL_TIMEOUT_MS, min(max(room, 1), self.settings.max_poll_records))
+        try:
+            records = self.consumer.poll(POLL_TIMEOUT_MS, min(max(room, 1), self.settings.max_poll_records))
+        except KafkaUnavailable as error:
+            log.warning("poll failed: %s; retrying in %.0fs", error, RETRY_WAIT_S, extra={"event": "kafka_unavailable"})
+            self.stopping.wait(RETRY_WAIT_S)
+            records = []
         self.handle_events()  # a rebalance during poll: apply it before taking records
         self.take(records, room)
         self.resend_overdue()
@@ -304,7 +264,7 @@ class Bridge:
             if tp in held or tp not in self.assigned:
                 continue
             if room <= 0 or self.draining:
-                self.consumer.seek(tp, record.offset)
+                self.hold(tp, record.offset)
                 held.add(tp)
                 continue
             try:
@@ -312,11 +272,19 @@ class Bridge:
             except Exception as error:  # noqa: BLE001 - kombu's errors when Redis refuses the enqueue
                 log.warning("enqueue failed: %s; retrying in %.0fs", type(error).__name__, RETRY_WAIT_S,
                             extra={"event": "queue_unavailable"})
-                self.consumer.seek(tp, record.offset)
+                self.hold(tp, record.offset)
                 held.add(tp)
                 room = 0
                 self._retry_after = time.monotonic() + RETRY_WAIT_S
         self.safe_offsets = self.tracker.positions()
+
+    def hold(self, tp: TopicPartition, offset: int) -> None:
+        """Leave this record and the rest of its partition for a later poll."""
+        assert self.consumer is not None
+        try:
+            self.consumer.seek(tp, offset)
+        except KafkaUnavailable as error:  # revoked meanwhile: its new owner starts from the committed offset
+            log.warning("seek %s:%d failed: %s", tp.topic, tp.partition, error, extra={"event": "seek_failed"})
 
     def route(self, record: Record) -> int:
         """Handle one record; returns the slots it now occupies in flight (0 or 1)."""
@@ -411,7 +379,7 @@ class Bridge:
         self.tracker.committed(offsets)
         for tp, offset in offsets.items():
             metrics.BRIDGE_COMMITTED.labels(tp.topic, str(tp.partition)).set(offset)
-        log_event(log, "commit_offsets", tps=_names(offsets), offsets=_labelled(offsets))
+        log_event(log, "commit_offsets", tps=names(offsets), offsets=labelled(offsets))
 
 
 def _key(record: Record) -> str:

@@ -92,6 +92,7 @@ class PredictProbe:
         self.url = url
         self.latencies: list[float] = []
         self.errors = 0
+        self.statuses: Counter[str] = Counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._session = requests.Session()
@@ -119,10 +120,14 @@ class PredictProbe:
     def _one(self) -> None:
         started = time.perf_counter()
         try:
-            ok = self._session.post(f"{self.url}/predict", json=self._body, timeout=20).status_code == 200
-        except requests.RequestException:
-            ok = False
-        if ok:
+            response = self._session.post(f"{self.url}/predict", json=self._body, timeout=20)
+            status = str(response.status_code)
+            if response.status_code != 200:
+                status += " " + response.json().get("error", {}).get("code", "")
+        except (requests.RequestException, ValueError) as error:
+            status = type(error).__name__
+        self.statuses[status] += 1
+        if status == "200":
             self.latencies.append((time.perf_counter() - started) * 1000)
         else:
             self.errors += 1
@@ -165,7 +170,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         redis_service, s3_service, kafka_service = start_redis(workdir=workdir), start_s3(workdir=workdir), \
             start_kafka(workdir=workdir)
         services += [redis_service, s3_service, kafka_service]
-        settings = Settings(redis_url=f"redis://{redis_service.address}/0", s3_endpoint=s3_service.address)
+        settings = Settings.model_validate({"redis_url": f"redis://{redis_service.address}/0",
+                                             "s3_endpoint": s3_service.address})
         publish_demo(settings)
         topic = f"claims-{uuid.uuid4().hex[:6]}"
         group = f"burst-{topic}"
@@ -239,6 +245,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "predict_idle_p50_ms": percentile(idle_predict, 50), "predict_idle_p99_ms": percentile(idle_predict, 99),
             "predict_busy_p50_ms": percentile(busy_predict, 50), "predict_busy_p99_ms": percentile(busy_predict, 99),
             "predict_busy_count": len(busy_predict), "predict_busy_errors": probe.errors if probe else 0,
+            "predict_busy_statuses": dict(probe.statuses) if probe else {},
+            "api_alive_at_end": api.alive() if api is not None else None,
+            "api_log_tail": api.output()[-1500:] if api is not None and not api.alive() else "",
             "_rows": sampler.rows,
         }
     finally:
@@ -273,6 +282,8 @@ def write(out: Path, result: dict[str, Any]) -> None:
     (out / f"run-{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     runs = [json.loads(path.read_text()) for path in sorted(out.glob("run-maxsize*.json"))]
     runs.sort(key=lambda r: r["maxsize"])
+    for each in runs:
+        each.update(sample_gaps(out / f"samples-maxsize{each['maxsize']}.csv"))
     lines = [
         f"# Kafka burst through the bridge ({socket.gethostname()}, {dt.date.today().isoformat()})",
         "",
@@ -288,6 +299,7 @@ def write(out: Path, result: dict[str, Any]) -> None:
     fields = [
         ("claims", "claims published"), ("samples", "in-flight samples"),
         ("sample_interval_ms_max", "longest gap between samples (ms)"),
+        ("sample_gap_p99_ms", "p99 gap between samples (ms)"), ("gaps_over_100ms", "gaps over 100 ms"),
         ("in_flight_max", "max in-flight (sampled)"), ("enqueued_depth_max", "max in-flight (logged per claim)"),
         ("within_bound", "never above the bound"), ("pauses", "consumer_paused"), ("resumes", "consumer_resumed"),
         ("publish_s", "publish time (s)"), ("drain_s", "publish to fully committed (s)"),
@@ -298,13 +310,27 @@ def write(out: Path, result: dict[str, Any]) -> None:
         ("predict_idle_p50_ms", "/predict p50 idle (ms)"), ("predict_idle_p99_ms", "/predict p99 idle (ms)"),
         ("predict_busy_p50_ms", "/predict p50 during burst (ms)"),
         ("predict_busy_p99_ms", "/predict p99 during burst (ms)"), ("predict_busy_count", "/predict during burst"),
-        ("predict_busy_errors", "/predict errors during burst"),
+        ("predict_busy_errors", "/predict errors during burst"), ("predict_busy_statuses", "/predict statuses"),
+        ("api_alive_at_end", "API alive at the end"),
     ]
     for key, label in fields:
         lines.append(f"| {label} | " + " | ".join(str(r.get(key)) for r in runs) + " |")
     lines += ["", "Per-run samples: `samples-maxsize<N>.csv` (t_s, in_flight, paused, rss_mb); figures: "
               "`run-maxsize<N>.json`.", ""]
     (out / "summary.md").write_text("\n".join(lines))
+
+
+def sample_gaps(path: Path) -> dict[str, Any]:
+    """The sampler's own timing: it shares 2 cores with the whole stack, so say how regular it was."""
+    if not path.exists():
+        return {}
+    with open(path) as handle:
+        times = [float(row["t_s"]) for row in csv.DictReader(handle)]
+    gaps = sorted(b - a for a, b in zip(times, times[1:], strict=False))
+    if not gaps:
+        return {}
+    return {"sample_gap_p99_ms": round(gaps[int(len(gaps) * 0.99)] * 1000, 1),
+            "gaps_over_100ms": sum(1 for gap in gaps if gap > 0.1)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -280,6 +280,11 @@ def write(out: Path, result: dict[str, Any]) -> None:
         writer.writerow(["t_s", "in_flight", "paused", "rss_mb"])
         writer.writerows(rows)
     (out / f"run-{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_summary(out)
+
+
+def write_summary(out: Path) -> None:
+    """summary.md from every run-maxsize<N>.json (and its samples CSV) in `out`."""
     runs = [json.loads(path.read_text()) for path in sorted(out.glob("run-maxsize*.json"))]
     runs.sort(key=lambda r: r["maxsize"])
     for each in runs:

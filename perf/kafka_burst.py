@@ -10,8 +10,10 @@ publishes N valid claims at once, and measures:
 - results complete (one result object per claim), claims computed twice, committed offsets vs the ends;
 - interactive /predict latency (p50/p99) idle and while the burst drains.
 
-Writes `run-maxsize<N>.json` and `samples-maxsize<N>.csv` to perf/results/<YYYY-MM-DD>-<hostname>-kafka-burst/ and
-regenerates `summary.md` there from every run in the folder.
+`--interactive-workers K` adds a worker that serves only the interactive lane (capacity reserved for
+/predict); `--label` names such a variant. Writes `run-maxsize<N>[-label].json` and
+`samples-maxsize<N>[-label].csv` to perf/results/<YYYY-MM-DD>-<hostname>-kafka-burst/ and regenerates
+`summary.md` there from every run in the folder.
 """
 
 from __future__ import annotations
@@ -187,6 +189,10 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         print("starting worker, bridge and API ...", flush=True)
         worker = start_worker(env, logs)
         processes.append(worker)
+        if args.interactive_workers:
+            # Capacity reserved for /predict: a worker on the interactive lane only.
+            processes.append(start_worker(env, logs, "-Q", settings.celery_queue,
+                                          f"--concurrency={args.interactive_workers}", name="interactive"))
         bridge = ManagedProcess("bridge", [PYTHON, "-m", "bridge"], env, logs).start()
         processes.append(bridge)
         url = f"http://127.0.0.1:{metrics_port}"
@@ -228,6 +234,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         busy_predict = probe.latencies if probe is not None else []
         return {
             "claims": args.claims, "maxsize": args.maxsize, "workers": args.workers, "partitions": PARTITIONS,
+            "label": args.label, "interactive_workers": args.interactive_workers,
             "samples": len(sampler.rows),
             "sample_interval_ms_max": round(max((b[0] - a[0] for a, b in zip(sampler.rows, sampler.rows[1:],
                                                                                strict=False)), default=0) * 1000, 1),
@@ -274,7 +281,7 @@ def _rss_samples(pid: int, count: int) -> list[float]:
 
 def write(out: Path, result: dict[str, Any]) -> None:
     rows = result.pop("_rows")
-    name = f"maxsize{result['maxsize']}"
+    name = f"maxsize{result['maxsize']}" + (f"-{result['label']}" if result.get("label") else "")
     with open(out / f"samples-{name}.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["t_s", "in_flight", "paused", "rss_mb"])
@@ -286,9 +293,10 @@ def write(out: Path, result: dict[str, Any]) -> None:
 def write_summary(out: Path) -> None:
     """summary.md from every run-maxsize<N>.json (and its samples CSV) in `out`."""
     runs = [json.loads(path.read_text()) for path in sorted(out.glob("run-maxsize*.json"))]
-    runs.sort(key=lambda r: r["maxsize"])
+    runs.sort(key=lambda r: (r["maxsize"], r.get("label") or ""))
     for each in runs:
-        each.update(sample_gaps(out / f"samples-maxsize{each['maxsize']}.csv"))
+        label = f"-{each['label']}" if each.get("label") else ""
+        each.update(sample_gaps(out / f"samples-maxsize{each['maxsize']}{label}.csv"))
     lines = [
         f"# Kafka burst through the bridge ({socket.gethostname()}, {dt.date.today().isoformat()})",
         "",
@@ -298,11 +306,13 @@ def write_summary(out: Path) -> None:
         "bridge's /metrics and /proc. Drain rate: N over the time from the first publish until every "
         "partition's committed offset reached its end. /predict: one client, back to back.",
         "",
-        "| | " + " | ".join(f"QUEUE_MAXSIZE={r['maxsize']}" for r in runs) + " |",
+        "| | " + " | ".join(f"QUEUE_MAXSIZE={r['maxsize']}" + (f" ({r['label']})" if r.get("label") else "")
+                            for r in runs) + " |",
         "| --- | " + " | ".join("---" for _ in runs) + " |",
     ]
     fields = [
-        ("claims", "claims published"), ("samples", "in-flight samples"),
+        ("claims", "claims published"), ("interactive_workers", "extra interactive-only worker processes"),
+        ("samples", "in-flight samples"),
         ("sample_interval_ms_max", "longest gap between samples (ms)"),
         ("sample_gap_p99_ms", "p99 gap between samples (ms)"), ("gaps_over_100ms", "gaps over 100 ms"),
         ("in_flight_max", "max in-flight (sampled)"), ("enqueued_depth_max", "max in-flight (logged per claim)"),
@@ -346,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-s", type=float, default=900)
     parser.add_argument("--predict-samples", type=int, default=200, help="idle /predict requests")
     parser.add_argument("--no-api", dest="api", action="store_false", help="skip the /predict measurements")
+    parser.add_argument("--interactive-workers", type=int, default=0,
+                        help="also run a worker on the interactive lane only, with this concurrency")
+    parser.add_argument("--label", default="", help="suffix for this run's files and column")
     parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="kafka-burst-") as tmp:

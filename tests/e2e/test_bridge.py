@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,8 +14,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import requests
 
-from devtools.processes import PYTHON, ROOT, ManagedProcess, start_worker
+from devtools.processes import PYTHON, ROOT, ManagedProcess, start_api, start_worker
 from devtools.services import Service, free_port
 from settings import Settings
 from tasks.demo_model import FEATURES, MODEL_NAME, SAMPLE_KEY, train
@@ -27,7 +27,6 @@ from tests.e2e.bridge_support import (
     InFlightSampler,
     bridge_env,
     committed,
-    computed_claims,
     publish,
     read_all,
     results,
@@ -104,28 +103,40 @@ def test_burst_is_bounded_paused_resumed_and_committed(module_env: dict[str, str
 
 def test_expired_claims_are_skipped_and_generous_ones_computed(module_env: dict[str, str], kafka_service: Service,
                                                                settings: Settings, worker: ManagedProcess,
-                                                               bridges: Callable[..., ManagedProcess]) -> None:
-    env = bridge_env(module_env, kafka_service.address, maxsize=40)
+                                                               bridges: Callable[..., ManagedProcess],
+                                                               log_dir: Path) -> None:
+    env = bridge_env(module_env, kafka_service.address, maxsize=40, ENABLE_TEST_ENDPOINTS="true", ADMIN_TOKEN="tkn")
     topic, group = env["KAFKA_TOPIC_CLAIMS"], env["KAFKA_GROUP_ID"]
     bridge = bridges(env)
-    # Given claims published with a 1 ms TTL
-    expired = f"ttl1-{uuid.uuid4().hex[:6]}"
-    soon = [("deadline_ms", str(int(time.time() * 1000) + 1).encode())]
-    ends = publish(kafka_service.address, topic, valid_claims(expired, 60, settings.bucket_processed, SAMPLE_KEY, soon))
-    # Then all are logged ttl_expired by the bridge, and their offsets are committed
-    keys = lambda: {e["key"] for e in bridge.events("ttl_expired") if e["key"].startswith(expired)}  # noqa: E731
-    wait_until(lambda: len(keys()) == 60, 30, "60 ttl_expired", [bridge])
-    assert all(e["source"] == "bridge" for e in bridge.events("ttl_expired"))
-    wait_until(lambda: committed(kafka_service.address, group, topic) == ends, 20, "commits past expired claims")
-    # When claims with a generous TTL follow
-    fresh = f"ttl60-{uuid.uuid4().hex[:6]}"
-    later = [("deadline_ms", str(int(time.time() * 1000) + 60_000).encode())]
-    ends = publish(kafka_service.address, topic, valid_claims(fresh, 40, settings.bucket_processed, SAMPLE_KEY, later))
+    api = start_api(env, log_dir, free_port())
+    try:
+        # Given 60 claims published through the API with ttl_ms=1
+        response = requests.post(f"{api.url}/publish_inference_claims", headers={"Authorization": "Bearer tkn"},
+                                 json={"count": 60, "ttl_ms": 1, "object_key": SAMPLE_KEY}, timeout=30)
+        assert response.status_code == 202 and response.json() == {"published": 60, "topic": topic}
+        assert api.events("publish_claims_ok")[-1]["count"] == 60
+        # Then all are logged ttl_expired by the bridge, and their offsets are committed
+        expired = lambda: {e["key"] for e in bridge.events("ttl_expired")}  # noqa: E731
+        wait_until(lambda: len(expired()) == 60, 30, "60 ttl_expired", [bridge])
+        assert all(e["source"] == "bridge" for e in bridge.events("ttl_expired"))
+        wait_until(lambda: sum(committed(kafka_service.address, group, topic).values()) == 60, 20,
+                   "commits past the 60 expired claims")
+        # When claims with a generous TTL follow
+        response = requests.post(f"{api.url}/publish_inference_claims", headers={"Authorization": "Bearer tkn"},
+                                 json={"count": 40, "ttl_ms": 60_000, "object_key": SAMPLE_KEY}, timeout=30)
+        assert response.status_code == 202
+    finally:
+        api.stop()
     # Then they are all computed, and none of the expired ones ever was
-    wait_until(lambda: len(results(settings, fresh)) == 40, 60, "40 generous claims computed", [bridge, worker])
-    wait_until(lambda: committed(kafka_service.address, group, topic) == ends, 20, "commits reach the end")
-    assert computed_claims(worker, expired) == []
-    assert results(settings, expired) == set()
+    fresh = lambda: {e["claim_id"] for e in bridge.events("queue_enqueued")}  # noqa: E731
+    wait_until(lambda: len(fresh()) == 40, 30, "40 generous claims enqueued", [bridge])
+    store = ObjectStore(settings)
+    wait_until(lambda: all(store.exists(settings.bucket_logs, f"claims/{c}.json") for c in fresh()), 60,
+               "40 generous claims computed", [bridge, worker])
+    wait_until(lambda: sum(committed(kafka_service.address, group, topic).values()) == 100, 20, "commits reach 100")
+    computed = {e.get("claim_id") for e in worker.events("predict_inference_start")}
+    assert not computed & expired()
+    assert not any(store.exists(settings.bucket_logs, f"claims/{c}.json") for c in expired())
 
 
 def test_poison_records_go_to_the_dlq_and_nothing_stalls(module_env: dict[str, str], kafka_service: Service,

@@ -21,9 +21,12 @@ SCENARIOS = {
     "http": "perf.http_bench",
     "echo": "perf.echo",
     "kafka-burst": "perf.kafka_burst",
+    "microbatch": "perf.microbatch",
+    "capacity": "perf.capacity",
+    "download": "perf.download",
 }
 #: What `make perf` runs, in this order; a scenario whose module does not exist yet is skipped.
-DEFAULT = ("shed", "http", "kafka-burst")
+DEFAULT = ("shed", "http", "kafka-burst", "microbatch", "capacity", "download")
 
 
 def available(name: str) -> bool:

@@ -251,6 +251,32 @@ class CpuMeter:
         return {name: round((after[name] - self.before.get(name, 0.0)) / elapsed, 2) for name in self.roots}
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of one process in MB (10^6 bytes), from VmRSS in /proc/<pid>/status (KiB)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024 / 1e6
+    raise StackError(f"no VmRSS for process {pid}")
+
+
+def log_events(path: Path, event: str, since_byte: int = 0) -> list[dict[str, Any]]:
+    """The JSON log records named `event` written to `path` after byte `since_byte` (see `log_size`)."""
+    found = []
+    with open(path, "rb") as handle:
+        handle.seek(since_byte)
+        for line in handle:
+            if line.startswith(b"{") and f'"{event}"'.encode() in line:
+                with contextlib.suppress(ValueError):
+                    record = json.loads(line)
+                    if record.get("event") == event:
+                        found.append(record)
+    return found
+
+
+def log_size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
 class Sampler:
     """Calls `read()` every `interval_s` in a background thread until stopped; keeps (seconds, value)."""
 

@@ -10,12 +10,18 @@ Two modes:
   on a 2-core machine the client is not the bottleneck (its CPU time is reported with the figures).
 - `probe`: one request every `--interval-ms` on a fresh connection each time (as a kubelet probe
   does), timing connect + request + response; with `--keepalive`, on one reused connection.
+- `paced`: an open loop. Request i is due at `i / --rate` seconds whatever the server does, and is
+  sent on an idle keep-alive connection of a pool of at most `--connections` (opened as needed,
+  `--preopen` of them up front). A request that finds no idle connection waits in a backlog, and its
+  latency is measured from the time it was due, not from when it went out: a slow server cannot slow
+  the client down and hide its own slowness (no coordinated omission).
 
-Both stop by themselves: at `--duration-s` or after `--requests`, then wait at most `--grace-s` for the
+All stop by themselves: at `--duration-s` or after `--requests`, then wait at most `--grace-s` for the
 requests in flight; anything unanswered by then is recorded as a transport error, not dropped. Every
 response is written to `--out` as CSV: start_s (since the run began), latency_ms, status (0 for a
 transport error), valid (the body matched the contract for that status), detail (Retry-After value,
-`cached`, or why the response was invalid / the transport failed).
+`cached`, or why the response was invalid / the transport failed). In `paced` mode start_s is the time
+the request was due.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -207,11 +214,17 @@ class ClosedLoop:
     def _may_send(self, now: float) -> bool:
         return not self.stopped and self.sent < self.max_requests and now - self._t0 < self.duration_s
 
-    def _open(self) -> _Conn | None:
+    def _connect(self) -> socket.socket | str:
+        """A connected socket, or why it could not connect."""
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=5)
+            return socket.create_connection((self.host, self.port), timeout=5)
         except OSError as error:
-            self.records.append(Record(time.perf_counter() - self._t0, 0.0, 0, False, f"connect: {error.strerror or error}"))
+            return f"connect: {error.strerror or error}"
+
+    def _open(self) -> _Conn | None:
+        sock = self._connect()
+        if isinstance(sock, str):
+            self.records.append(Record(time.perf_counter() - self._t0, 0.0, 0, False, sock))
             return None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
@@ -277,7 +290,10 @@ class ClosedLoop:
         self.records.append(Record(conn.started - self._t0, (now - conn.started) * 1000, status, valid, detail))
         conn.busy = False
         conn.answered += 1
-        if headers.get("connection", "").lower() == "close":
+        self._after_response(conn, now, headers.get("connection", "").lower() == "close")
+
+    def _after_response(self, conn: _Conn, now: float, server_closes: bool) -> None:
+        if server_closes:
             self._close(conn)
             self._replace(now)
         elif self._may_send(now):
@@ -299,17 +315,165 @@ class ClosedLoop:
             now = time.perf_counter()
             if now >= next_sweep:
                 next_sweep = now + SWEEP_INTERVAL_S
-                for key in list(self._sel.get_map().values()):
-                    conn = key.data
-                    if conn.busy and now - conn.started > self.request_timeout_s:
-                        self._fail(conn, "timeout")
+                self._sweep(now)
+        self._finish()
+        return self.records
+
+    def _sweep(self, now: float) -> None:
+        for key in list(self._sel.get_map().values()):
+            conn = key.data
+            if conn.busy and now - conn.started > self.request_timeout_s:
+                self._fail(conn, "timeout")
+
+    def _finish(self) -> None:
         for key in list(self._sel.get_map().values()):
             conn = key.data
             if conn.busy:
                 self.records.append(Record(conn.started - self._t0, (time.perf_counter() - conn.started) * 1000, 0, False,
                                            "unanswered at the end of the grace period"))
             self._close(conn)
+
+
+# -- the open loop -----------------------------------------------------------------------------------
+
+
+class PacedLoop(ClosedLoop):
+    """Requests due at a fixed rate over a pool of keep-alive connections, timed from when each was due.
+
+    Request i is due at t0 + i / rate. Due requests go out at once on an idle connection (the most
+    recently used first), on a new one while the pool has fewer than `connections`, or else wait in a
+    backlog in order. Latency runs from the due time, so time spent waiting for a connection counts:
+    a server that falls behind shows it in the figures instead of slowing the client down."""
+
+    def __init__(self, host: str, port: int, requests: list[bytes], validator: Validator, connections: int,
+                 duration_s: float, max_requests: int, grace_s: float, rate: float, preopen: int = 0,
+                 request_timeout_s: float = REQUEST_TIMEOUT_S) -> None:
+        super().__init__(host, port, requests, validator, connections, duration_s, max_requests, grace_s,
+                         request_timeout_s)
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.interval_s = 1.0 / rate
+        self.total = min(max_requests, max(1, int(duration_s * rate)))
+        self.preopen = min(preopen, connections)
+        self.due = 0  # requests that have become due so far
+        self.backlog: deque[float] = deque()  # due times of requests waiting for a connection
+        self.idle: list[_Conn] = []
+        self.pool = 0  # connections open
+        self.max_backlog = 0
+        self.send_delays_ms: list[float] = []
+        self.t0_epoch = 0.0
+
+    def _may_send(self, now: float) -> bool:
+        return not self.stopped and bool(self.backlog)
+
+    def _replace(self, now: float) -> None:
+        pass  # the pool reopens lazily when a due request needs a connection
+
+    def _close(self, conn: _Conn) -> None:
+        super()._close(conn)
+        self.pool -= 1
+        if conn in self.idle:
+            self.idle.remove(conn)
+
+    def _open_pooled(self, due_at: float | None) -> _Conn | None:
+        sock = self._connect()
+        if isinstance(sock, str):
+            if due_at is not None:  # the request that needed it fails: no retry storm against a server that is down
+                now = time.perf_counter()
+                self.records.append(Record(due_at - self._t0, (now - due_at) * 1000, 0, False, sock))
+            return None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        self.connects += 1
+        self.pool += 1
+        conn = _Conn(sock)
+        self._sel.register(sock, selectors.EVENT_READ, conn)
+        return conn
+
+    def _send_due(self, conn: _Conn, due_at: float) -> None:
+        request = self.requests[self.sent % len(self.requests)]
+        self.sent += 1
+        conn.sent, conn.busy, conn.buf, conn.started = request, True, bytearray(), due_at
+        self.send_delays_ms.append((time.perf_counter() - due_at) * 1000)
+        try:
+            sent = conn.sock.send(request)
+            if sent < len(request):
+                conn.sock.setblocking(True)
+                conn.sock.sendall(request[sent:])
+                conn.sock.setblocking(False)
+        except OSError as error:
+            self._fail(conn, f"send: {error.strerror or error}")
+
+    def _after_response(self, conn: _Conn, now: float, server_closes: bool) -> None:
+        if server_closes:
+            self._close(conn)
+        else:
+            self.idle.append(conn)
+        self._dispatch()
+
+    def _release_due(self, now: float) -> None:
+        while self.due < self.total and not self.stopped and self._t0 + self.due * self.interval_s <= now:
+            self.backlog.append(self._t0 + self.due * self.interval_s)
+            self.due += 1
+
+    def _dispatch(self) -> None:
+        while self.backlog and not self.stopped:
+            if self.idle:
+                conn: _Conn | None = self.idle.pop()
+            elif self.pool < self.connections:
+                conn = self._open_pooled(self.backlog[0])
+                if conn is None:
+                    self.backlog.popleft()
+                    continue
+            else:
+                return
+            assert conn is not None
+            self._send_due(conn, self.backlog.popleft())
+
+    def _busy(self) -> bool:
+        return any(key.data.busy for key in self._sel.get_map().values())
+
+    def run(self) -> list[Record]:
+        self._t0 = time.perf_counter()
+        for _ in range(self.preopen):
+            conn = self._open_pooled(None)
+            if conn is not None:
+                self.idle.append(conn)
+        self._t0, self.t0_epoch = time.perf_counter(), time.time()  # the schedule starts once the pool is open
+        hard_stop = self._t0 + self.duration_s + self.grace_s
+        next_sweep = self._t0 + SWEEP_INTERVAL_S
+        while time.perf_counter() < hard_stop:
+            now = time.perf_counter()
+            self._release_due(now)
+            self._dispatch()
+            self.max_backlog = max(self.max_backlog, len(self.backlog))  # due, and no connection free for them
+            finished = self.stopped or self.due >= self.total
+            if finished and not self.backlog and not self._busy():
+                break
+            timeout = SWEEP_INTERVAL_S
+            if not finished:
+                timeout = min(timeout, max(0.0, self._t0 + self.due * self.interval_s - time.perf_counter()))
+            for key, _ in self._sel.select(timeout=timeout):
+                self._on_readable(key.data)
+            now = time.perf_counter()
+            if now >= next_sweep:
+                next_sweep = now + SWEEP_INTERVAL_S
+                self._sweep(now)
+        now = time.perf_counter()
+        for due_at in self.backlog:
+            self.records.append(Record(due_at - self._t0, (now - due_at) * 1000, 0, False,
+                                       "not sent: no free connection before the end of the grace period"))
+        self.backlog.clear()
+        self._finish()
         return self.records
+
+    def stats(self) -> dict[str, Any]:
+        delays = sorted(self.send_delays_ms)
+        late = sum(1 for d in delays if d > 5.0)
+        return {"t0_epoch": round(self.t0_epoch, 6), "rate": round(1 / self.interval_s, 3), "scheduled": self.total, "sent": self.sent,
+                "max_backlog": self.max_backlog, "pool": self.connections, "sent_late_over_5ms": late,
+                "send_delay_p99_ms": round(delays[int(0.99 * (len(delays) - 1))], 3) if delays else None,
+                "send_delay_max_ms": round(delays[-1], 3) if delays else None}
 
 
 # -- probes ------------------------------------------------------------------------------------------
@@ -371,7 +535,7 @@ def write_records(path: str, records: list[Record]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m perf.loadgen", description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("load", "probe"))
+    parser.add_argument("mode", choices=("load", "probe", "paced"))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--method", default="POST")
@@ -379,7 +543,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kind", choices=sorted(VALIDATORS), default="predict", help="how responses are checked")
     parser.add_argument("--n-features", type=int, default=9, help="feature count of the generated bodies")
     parser.add_argument("--header", action="append", default=[], help="extra request header, NAME:VALUE")
-    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--connections", type=int, default=64, help="load: connections; paced: most in the pool")
+    parser.add_argument("--rate", type=float, default=100.0, help="paced mode: requests per second")
+    parser.add_argument("--preopen", type=int, default=0, help="paced mode: connections opened before the clock starts")
     parser.add_argument("--duration-s", type=float, default=20.0)
     parser.add_argument("--requests", type=int, default=10**9, help="stop after this many requests")
     parser.add_argument("--grace-s", type=float, default=20.0, help="wait this long for responses after the end")
@@ -399,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     bodies = feature_bodies(args.n_features) if args.method == "POST" else [b""]
     requests = [build_request(args.method, args.host, args.port, args.path, body, headers) for body in bodies]
     validator = VALIDATORS[args.kind]
+    extra: dict[str, Any] = {}
     started, started_epoch = time.perf_counter(), time.time()
     if args.mode == "load":
         loop = ClosedLoop(args.host, args.port, requests, validator, args.connections, args.duration_s,
@@ -407,6 +574,14 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signum, lambda *_: setattr(loop, "stopped", True))
         records = loop.run()
         connects = loop.connects
+    elif args.mode == "paced":
+        paced = PacedLoop(args.host, args.port, requests, validator, args.connections, args.duration_s,
+                          args.requests, args.grace_s, args.rate, args.preopen)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: setattr(paced, "stopped", True))
+        records = paced.run()
+        connects = paced.connects
+        extra = paced.stats()
     else:
         records = probe(args.host, args.port, requests[0], validator, args.interval_ms / 1000, args.duration_s,
                         keepalive=args.keepalive, should_stop=lambda: stop["now"])
@@ -415,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     write_records(args.out, records)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"responses": len(records), "t0_epoch": round(started_epoch, 6), "wall_s": round(wall_s, 3), "connects": connects,
-                      "cpu_s": round(usage.ru_utime + usage.ru_stime, 3)}), flush=True)
+                      "cpu_s": round(usage.ru_utime + usage.ru_stime, 3), **extra}), flush=True)
     return 0
 
 

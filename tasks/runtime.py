@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import redis
+import sklearn
 
 from settings import Settings
 from tasks.inference import LoadedModel
@@ -21,6 +22,9 @@ log = logging.getLogger(__name__)
 
 class WorkerRuntime:
     def __init__(self, settings: Settings) -> None:
+        # Inputs are validated finite before they reach a model (tasks.inference), so scikit-learn's own
+        # finiteness scan of every batch is skipped.
+        sklearn.set_config(assume_finite=True)
         self.settings = settings
         self.redis = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
         self.store = ObjectStore(settings)

@@ -61,6 +61,9 @@ class Gateway:
             self.models, lambda pointer: self.models.load(pointer).info, loaded_event="model_discovered"
         )
         self.cache = ResponseCache(self.redis, settings)
+        # Downloads stream large objects while other downloads compete for the store: a read may stall
+        # for seconds without the store being down, so they get a longer read timeout than the models.
+        self.downloads = ObjectStore(settings, timeout_s=30.0)
         self.draining = False
         # Up to one batch per worker process in flight: enough to keep every worker busy, few enough
         # that requests arriving meanwhile gather into the next batch instead of into more messages.

@@ -106,6 +106,10 @@ def serve(app: Any, settings: Settings, on_drain: Callable[[], None]) -> None:
         # waitress refuses larger bodies with its own plain-text 413; keep its limit above ours so the
         # app answers with the JSON error body.
         max_request_body_size=settings.max_body_bytes * 4,
+        # A streamed response is written into a per-connection buffer (in memory up to outbuf_overflow,
+        # then a temporary file); the app thread waits when it holds more than this. 4 MB keeps ten
+        # concurrent downloads within tens of MB of memory while staying ahead of a fast client.
+        outbuf_high_watermark=4 * 1024 * 1024,
         ident="inference-api",
         _dispatcher=dispatcher,
     )

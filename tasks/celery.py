@@ -1,8 +1,12 @@
 """Celery entrypoint: `celery -A tasks worker` and `celery -A tasks flower` find `app` here."""
 
-from settings import load_settings
-from tasks import claims, predict, training, worker  # noqa: F401 - claims, predict and training register tasks
-from tasks.celery_app import create_celery
+from tasks import worker_metrics
+
+worker_metrics.prepare()  # before any metric exists: pool processes write theirs for the node to merge
+
+from settings import load_settings  # noqa: E402
+from tasks import claims, predict, training, worker  # noqa: E402,F401 - claims, predict and training register tasks
+from tasks.celery_app import create_celery  # noqa: E402
 
 app = create_celery(load_settings())
 worker.install(app)

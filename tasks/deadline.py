@@ -15,6 +15,7 @@ from celery import Task
 from celery.exceptions import Ignore
 
 from tasks.logs import log_event
+from tasks.metrics import EXPIRED
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class DeadlineTask(Task):
         expires = parse_expires(getattr(self.request, "expires", None))
         if expires is not None and expires <= datetime.now(UTC):
             task_id = self.request.id
+            EXPIRED.labels("worker").inc()
             log_event(log, "ttl_expired", source="worker", key=kwargs.get("claim_id") or task_id, task_id=task_id)
             self.backend.mark_as_revoked(task_id, reason="expired", request=self.request)
             raise Ignore()

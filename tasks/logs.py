@@ -75,6 +75,7 @@ def configure_logging(service: str, settings: Settings, level: int = logging.INF
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     # Celery logs every task success at INFO (with its return value): our own events say it better.
     logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
+    logging.getLogger("celery.worker.strategy").setLevel(logging.WARNING)  # "Received task", per task
     for noisy in ("kafka", "urllib3", "botocore", "werkzeug"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -33,3 +33,12 @@ BRIDGE_ASSIGNED = Gauge("bridge_assigned_partitions", "Partitions assigned to th
 BATCH_SIZE = Histogram(
     "inference_batch_size", "Requests per micro-batch sent to the workers", ["stage"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
 )
+
+# The workers (merged across a node's pool processes, served on WORKER_METRICS_PORT).
+WORKER_TASKS = Counter("inference_worker_tasks_total", "Tasks finished by a worker, by task and state", ["task", "state"])
+WORKER_TASK_DURATION = Histogram(
+    "inference_worker_task_duration_seconds", "Time a task ran in a worker process", ["task"], buckets=LATENCY_BUCKETS_S
+)
+MODEL_LOADED = Gauge(
+    "inference_model_loaded", "1 for the model version a worker process serves", ["version"], multiprocess_mode="liveall"
+)

@@ -20,6 +20,7 @@ from tasks.deadline import DeadlineTask
 from tasks.errors import InvalidInput
 from tasks.inference import LoadedModel, validate_row, validate_rows
 from tasks.logs import log_event, now_ms
+from tasks.metrics import BATCH_SIZE
 from tasks.runtime import worker_runtime
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ def predict_batch(self: DeadlineTask, items: list[dict[str, Any]]) -> dict[str, 
             results[index] = {"error": {"code": error.code, "message": error.message}}
             continue
         live.append(index)
+    BATCH_SIZE.labels("worker").observe(len(items))
     if live:
         rows = np.asarray([items[index]["row"] for index in live], dtype=np.float64)
         for index, value in zip(live, _predict_logged(model, rows, self.request.id), strict=True):

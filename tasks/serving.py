@@ -23,6 +23,7 @@ import redis
 
 from tasks.errors import InferenceError, ModelArtifactInvalid, ModelUnavailable
 from tasks.logs import log_event
+from tasks.metrics import MODEL_LOADED
 from tasks.model_store import ModelStore, Pointer
 
 T = TypeVar("T")
@@ -79,7 +80,10 @@ class PromotedModel(Generic[T]):
             except InferenceError as error:
                 log.warning("model %s not loaded: %s", pointer.version, error, extra={"event": "model_load_failed"})
                 return False
+            if self.pointer is not None:
+                MODEL_LOADED.labels(self.pointer.version).set(0)
             self.current, self.pointer, self.refused = loaded, pointer, None
+            MODEL_LOADED.labels(pointer.version).set(1)
             log_event(log, self.loaded_event, version=pointer.version,
                       duration_ms=round((time.perf_counter() - started) * 1000, 2))
             return True

@@ -13,11 +13,13 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from typing import Any
 
 import redis
 from celery import signals
 
+from tasks import metrics, worker_metrics
 from tasks.celery_app import PREDICT_BATCH_TASK, InferenceCelery
 from tasks.heartbeat import Heartbeat
 from tasks.logs import configure_logging, log_event
@@ -58,8 +60,18 @@ def install(app: InferenceCelery) -> None:
             with contextlib.suppress(redis.RedisError):
                 batch_received(worker_runtime(settings).redis, queue, request.id)
 
+    started: dict[str, float] = {}
+
+    @signals.task_prerun.connect(weak=False)
+    def _started(task_id: str = "", **_: Any) -> None:
+        started[task_id] = time.perf_counter()
+
     @signals.task_postrun.connect(weak=False)
-    def _finished(task: Any = None, **_: Any) -> None:
+    def _finished(task: Any = None, task_id: str = "", state: str | None = None, **_: Any) -> None:
+        began = started.pop(task_id, None)
+        if began is not None:
+            metrics.WORKER_TASK_DURATION.labels(task.name).observe(time.perf_counter() - began)
+        metrics.WORKER_TASKS.labels(task.name, state or "unknown").inc()
         queue = (getattr(task.request, "delivery_info", None) or {}).get("routing_key")
         if queue:
             _count(queue)
@@ -67,6 +79,7 @@ def install(app: InferenceCelery) -> None:
     @signals.task_revoked.connect(weak=False)
     def _revoked(request: Any = None, expired: bool = False, **_: Any) -> None:
         if expired and request is not None:
+            metrics.EXPIRED.labels("queue").inc()
             key = (request.kwargs or {}).get("claim_id") or request.id
             log_event(log, "ttl_expired", source="queue", key=key, task_id=request.id)
         queue = (getattr(request, "delivery_info", None) or {}).get("routing_key")
@@ -84,9 +97,18 @@ def install(app: InferenceCelery) -> None:
         node = getattr(sender, "hostname", None) or f"worker@{socket.gethostname()}:{os.getpid()}"
         client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=2)
         beats.append(Heartbeat(client, node).start())
+        worker_metrics.serve(settings.host, settings.worker_metrics_port)
         log_event(log, "worker_ready", node=node, queues=[settings.celery_queue, settings.celery_batch_queue])
+
+    @signals.worker_process_shutdown.connect(weak=False)
+    def _process_exit(pid: int | None = None, **_: Any) -> None:
+        worker_metrics.process_exited(pid or os.getpid())
 
     @signals.worker_shutting_down.connect(weak=False)
     def _shutting_down(**_: Any) -> None:
         for beat in beats:
             beat.stop()
+
+    @signals.worker_shutdown.connect(weak=False)
+    def _shutdown(**_: Any) -> None:
+        worker_metrics.cleanup()

@@ -42,6 +42,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     return {
         "broker_url": settings.redis_url,
+        "broker_transport": "tasks.transport:Transport",
         "result_backend": f"tasks.results.ResultBackend+{settings.redis_url}",
         "broker_transport_options": transport,
         "result_backend_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},

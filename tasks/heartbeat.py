@@ -14,7 +14,7 @@ STALE_S = 10.0
 
 
 def live_workers(client: redis.Redis) -> int:
-    return int(client.zcount(WORKERS_KEY, time.time() - STALE_S, "+inf"))
+    return int(client.zcount(WORKERS_KEY, time.time() - STALE_S, "+inf"))  # type: ignore[arg-type]
 
 
 class Heartbeat:

@@ -110,7 +110,8 @@ class ResultCollector:
     def _collect(self, ids: list[str]) -> None:
         keys = [self.backend.get_key_for_task(task_id) for task_id in ids]
         ready: list[tuple[str, bytes, Outcome]] = []
-        for task_id, key, raw in zip(ids, keys, self.client.mget(keys), strict=True):
+        values: list[bytes | None] = self.client.mget(keys)  # type: ignore[assignment]
+        for task_id, key, raw in zip(ids, keys, values, strict=True):
             if raw is None:
                 continue
             meta = self.backend.decode_result(raw)

@@ -34,7 +34,7 @@ PROMOTIONS_CHANNEL = "inference:model-promoted"
 
 def announce_promotion(client: redis.Redis, pointer: Pointer) -> int:
     """Wake every watching holder to re-read the pointer; returns how many listeners got it."""
-    return int(client.publish(PROMOTIONS_CHANNEL, json.dumps(pointer.as_json())))
+    return int(client.publish(PROMOTIONS_CHANNEL, json.dumps(pointer.as_json())))  # type: ignore[arg-type]
 
 
 class PromotedModel(Generic[T]):

@@ -41,7 +41,7 @@ class ResponseCache:
             raw = self.client.get(key)
         except redis.RedisError:
             return None
-        return json.loads(raw) if raw else None
+        return json.loads(raw) if raw else None  # type: ignore[arg-type]
 
     def put(self, key: str, predictions: list[float]) -> None:
         self.put_many([(key, predictions)])

@@ -127,7 +127,8 @@ class Gateway:
         settings = self.settings
         expires = expires_at(deadline_ms) if settings.enable_ttl else None
         try:
-            result = self.celery.send_task(PREDICT_TASK, args=[rows], expires=expires, queue=settings.celery_queue)
+            result = self.celery.send_task(PREDICT_TASK, args=[rows], expires=expires, queue=settings.celery_queue,
+                                           argsrepr=f"[<{len(rows)} rows>]", kwargsrepr="{}")
         except (OperationalError, redis.RedisError, OSError) as error:
             ADMISSION.labels("unavailable").inc()
             log.warning("enqueue failed: %s", type(error).__name__, extra={"event": "queue_unavailable"})
@@ -168,7 +169,8 @@ class Gateway:
         try:
             register_batch(self.redis, settings.celery_queue, task_id, len(items))
             self.celery.send_task(PREDICT_BATCH_TASK, args=[payload], task_id=task_id, queue=settings.celery_queue,
-                                  expires=expires_at(latest) if settings.enable_ttl else None)
+                                  expires=expires_at(latest) if settings.enable_ttl else None,
+                                  argsrepr=f"[<{len(items)} items>]", kwargsrepr="{}")
         except (OperationalError, redis.RedisError, OSError) as error:
             self.collector.forget([task_id])
             log.warning("enqueue failed: %s", type(error).__name__, extra={"event": "queue_unavailable"})

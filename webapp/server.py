@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from waitress import wasyncore
+from waitress.channel import HTTPChannel
 from waitress.server import create_server
 from waitress.task import ThreadedTaskDispatcher
 
@@ -51,6 +52,21 @@ class ProbeFirstDispatcher(ThreadedTaskDispatcher):
     def shutdown(self, cancel_pending: bool = True, timeout: float = 5) -> bool:
         self.fast.shutdown(cancel_pending, timeout)
         return super().shutdown(cancel_pending, timeout)
+
+
+class QuietChannel(HTTPChannel):
+    """waitress's channel, without a busy loop. `HTTPChannel.writable()` is true whenever output is buffered,
+    but `handle_write()` sends nothing while the request's task still runs and less than `send_bytes` is
+    buffered; so from the moment a response is written until its task returns, the main loop polls a
+    socket that is always writable and does nothing (measured: ~10,000 loop turns a second at 200
+    requests a second, holding the GIL from the request threads). Here `writable()` answers what
+    `handle_write()` will do; the task pulls the trigger when it ends, and the main loop flushes then."""
+
+    def writable(self) -> bool:
+        if (self.requests and not (self.will_close or self.close_when_flushed)
+                and self.total_outbufs_len < self.adj.send_bytes):
+            return False
+        return bool(super().writable())
 
 
 class InFlight:
@@ -113,6 +129,7 @@ def serve(app: Any, settings: Settings, on_drain: Callable[[], None]) -> None:
         ident="inference-api",
         _dispatcher=dispatcher,
     )
+    server.channel_class = QuietChannel
     stopping = threading.Event()
 
     def _stop(signum: int, _frame: Any) -> None:
@@ -124,14 +141,14 @@ def serve(app: Any, settings: Settings, on_drain: Callable[[], None]) -> None:
     signal.signal(signal.SIGINT, _stop)
     log_event(log, "http_listening", host=settings.host, port=server.effective_port, threads=settings.http_threads)
     while not stopping.is_set():
-        wasyncore.loop(timeout=0.2, map=server._map, count=1)
+        wasyncore.loop(timeout=0.2, map=server._map, count=1, use_poll=True)
 
     on_drain()
     log_event(log, "http_draining", in_flight=counted.count, timeout_s=settings.drain_timeout_s)
     _close_listeners(server._map)
     deadline = time.monotonic() + settings.drain_timeout_s
     while time.monotonic() < deadline and not (counted.count == 0 and dispatcher.idle and _flushed(server._map)):
-        wasyncore.loop(timeout=0.05, map=server._map, count=1)
+        wasyncore.loop(timeout=0.05, map=server._map, count=1, use_poll=True)
     left = counted.count
     for channel in list(server._map.values()):
         channel.close()

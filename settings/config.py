@@ -103,6 +103,11 @@ class Settings(BaseSettings):
     def _lowercase(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
+    @field_validator("admin_token", "flower_basic_auth", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("flower_basic_auth")
     @classmethod
     def _user_password(cls, value: SecretStr | None) -> SecretStr | None:

@@ -52,3 +52,10 @@ def test_masked_configuration_hides_secrets_and_url_credentials() -> None:
     shown = str(settings.masked())
     assert "hunter2" not in shown and "s3cret" not in shown and "tok'" not in shown
     assert settings.masked()["REDIS_URL"] == "redis://***@redis:6379/0"
+
+
+def test_empty_secrets_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ADMIN_TOKEN", "")
+    monkeypatch.setenv("FLOWER_BASIC_AUTH", " ")
+    settings = Settings()
+    assert settings.admin_token is None and settings.flower_basic_auth is None

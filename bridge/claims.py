@@ -11,9 +11,10 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from bridge.errors import ClaimRejected
+from tasks.celery_app import CLAIM_TASK
 
 DEADLINE_HEADER = "deadline_ms"
 # The claim id names the result object (claims/<claim_id>.json): no slashes, no dot-dot, no controls.
@@ -29,6 +30,8 @@ class Claim:
     object_key: str
     model_version: str | None = None
     deadline_ms: int | None = None
+
+    task_name: ClassVar[str] = CLAIM_TASK
 
     def task_kwargs(self) -> dict[str, Any]:
         return {"claim_id": self.claim_id, "bucket": self.bucket, "object_key": self.object_key,

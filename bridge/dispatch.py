@@ -17,7 +17,7 @@ from celery import Celery
 from kafka import TopicPartition
 
 from bridge.claims import Claim
-from tasks.celery_app import CLAIM_TASK
+from bridge.models import Training
 from tasks.deadline import expires_at
 from tasks.results import Outcome, ResultCollector
 
@@ -59,7 +59,7 @@ class Record:
 class InFlight:
     task_id: str
     record: Record
-    claim: Claim
+    claim: Claim | Training
     sent_at: float = field(default_factory=time.monotonic)
     attempts: int = 1
 
@@ -87,11 +87,12 @@ class Dispatcher:
         self.events = events
         self.honour_deadlines = honour_deadlines
 
-    def send(self, task_id: str, claim: Claim) -> None:
-        """Enqueue the claim task and watch for its result. Raises whatever kombu raises when Redis is gone."""
+    def send(self, task_id: str, claim: Claim | Training) -> None:
+        """Enqueue the work's task (a claim, or a training run) and watch for its result. Raises whatever
+        kombu raises when Redis is gone."""
         expires = expires_at(claim.deadline_ms) if self.honour_deadlines and claim.deadline_ms is not None else None
-        self.celery.send_task(CLAIM_TASK, kwargs=claim.task_kwargs(), task_id=task_id, expires=expires,
-                              queue=self.bulk_queue)
+        self.celery.send_task(claim.task_name, kwargs=claim.task_kwargs(), task_id=task_id, expires=expires,
+                              queue=self.bulk_queue, argsrepr="()", kwargsrepr=f"{{'claim_id': {claim.claim_id!r}}}")
         future = self.collector.watch(task_id)
         future.add_done_callback(lambda done: self._arrived(task_id, done))
 

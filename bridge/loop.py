@@ -25,13 +25,13 @@ import redis
 from kafka import TopicPartition
 
 from bridge import dispatch
-from bridge.claims import parse_claim, task_id
+from bridge.claims import Claim, parse_claim, task_id
 from bridge.consumer import GroupConsumer, make_producer
 from bridge.deadletter import DeadLettered, DeadLetters
 from bridge.dispatch import Dispatcher, InFlight, Record, ResultArrived, failure_code
 from bridge.errors import ClaimRejected, CommitFailed, KafkaUnavailable
 from bridge.flow import FlowControl, Transition
-from bridge.models import ModelRecords
+from bridge.models import ModelRecords, Training
 from bridge.offsets import OffsetTracker
 from bridge.rebalance import Assigned, Rebalance, Revoked, labelled, names
 from settings import Settings
@@ -228,6 +228,9 @@ class Bridge:
         elif outcome.expired:
             metrics.BRIDGE_RECORDS.labels("expired").inc()
             log_event(log, "ttl_expired", source="bridge", key=entry.claim.claim_id, task_id=event.task_id)
+        elif isinstance(entry.claim, Training):
+            log_event(log, "training_failed", level=logging.ERROR, run_id=entry.claim.run_id, task_id=event.task_id,
+                      error=failure_code(outcome.result))
         else:
             code = failure_code(outcome.result)
             self.dead_letter(entry.record, code, str(outcome.result)[:300] or code)
@@ -294,7 +297,9 @@ class Bridge:
             self.models.selected(record.value)
         elif record.topic == settings.kafka_topic_model_training:
             metrics.BRIDGE_RECORDS.labels("model_training").inc()
-            self.models.training(record.value)
+            training = self.models.training(record.value)
+            if training is not None:
+                return self.dispatch(record, training)
         elif record.topic == settings.kafka_topic_claims:
             return self.claim(record)
         self.tracker.skip(record.tp, record.offset)
@@ -312,13 +317,16 @@ class Bridge:
             log_event(log, "ttl_expired", source="bridge", key=claim.claim_id)
             self.tracker.skip(record.tp, record.offset)
             return 0
+        return self.dispatch(record, claim)
+
+    def dispatch(self, record: Record, work: Claim | Training) -> int:
         task = task_id(record.topic, record.partition, record.offset)
-        self.dispatcher.send(task, claim)
+        self.dispatcher.send(task, work)
         self.tracker.start(record.tp, record.offset)
-        self.in_flight[task] = InFlight(task, record, claim)
+        self.in_flight[task] = InFlight(task, record, work)
         metrics.BRIDGE_RECORDS.labels("enqueued").inc()
-        log_event(log, "queue_enqueued", depth=self.tracker.in_flight, bounded=True, maxsize=settings.queue_maxsize,
-                  task_id=task, claim_id=claim.claim_id)
+        log_event(log, "queue_enqueued", depth=self.tracker.in_flight, bounded=True, maxsize=self.settings.queue_maxsize,
+                  task_id=task, claim_id=work.claim_id)
         return 1
 
     def dead_letter(self, record: Record, code: str, message: str) -> None:

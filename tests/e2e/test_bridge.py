@@ -8,7 +8,7 @@ import io
 import json
 import subprocess
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from devtools.processes import PYTHON, ROOT, ManagedProcess, start_api, start_worker
+from devtools.processes import PYTHON, ROOT, ManagedProcess, start_api
 from devtools.services import Service, free_port
 from settings import Settings
 from tasks.demo_model import FEATURES, MODEL_NAME, SAMPLE_KEY, train
@@ -30,38 +30,11 @@ from tests.e2e.bridge_support import (
     publish,
     read_all,
     results,
-    start_bridge,
     valid_claims,
     wait_until,
 )
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def settings(module_env: dict[str, str]) -> Settings:
-    return Settings(redis_url=module_env["REDIS_URL"], s3_endpoint=module_env["S3_ENDPOINT"])
-
-
-@pytest.fixture(scope="module")
-def worker(module_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
-    process = start_worker(module_env, tmp_path_factory.mktemp("bridge-worker"))
-    yield process
-    process.stop()
-
-
-@pytest.fixture
-def bridges(log_dir: Path) -> Iterator[Callable[..., ManagedProcess]]:
-    started: list[ManagedProcess] = []
-
-    def start(env: dict[str, str], **kwargs: object) -> ManagedProcess:
-        process = start_bridge(env, log_dir, **kwargs)  # type: ignore[arg-type]
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 def test_burst_is_bounded_paused_resumed_and_committed(module_env: dict[str, str], kafka_service: Service,
@@ -231,3 +204,34 @@ def test_model_selected_records_switch_every_worker(module_env: dict[str, str], 
     finally:
         models.promote(demo)  # the rest of the session expects the demo model
         worker.wait_for(lambda: worker.events("model_loaded")[-1]["version"] == demo.version, 30, "demo model back")
+
+
+def test_a_training_announcement_trains_a_candidate_without_promoting_it(
+        module_env: dict[str, str], kafka_service: Service, settings: Settings, worker: ManagedProcess, demo_model: str,
+        bridges: Callable[..., ManagedProcess]) -> None:
+    # Given training data (features plus target) in object storage
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(120, 3))
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "target": x.sum(axis=1)}), buffer)
+    key = f"train/{uuid.uuid4().hex[:8]}.parquet"
+    ObjectStore(settings).put_bytes(settings.bucket_processed, key, buffer.getvalue())
+    env = bridge_env(module_env, kafka_service.address, maxsize=10)
+    bridge = bridges(env)
+    run_id = f"run-{uuid.uuid4().hex[:6]}"
+    # When a model-training record announces it
+    publish(kafka_service.address, env["KAFKA_TOPIC_MODEL_TRAINING"],
+            [(None, json.dumps({"run_id": run_id, "bucket": settings.bucket_processed, "object_key": key}).encode(), [])])
+    # Then a worker trains and stores a candidate, the promoted model stays, and the record's offset is done
+    worker.wait_for(lambda: any(e.get("run_id") == run_id for e in worker.events("candidate_trained")), 60,
+                    "candidate_trained")
+    models = ModelStore(settings, ObjectStore(settings))
+    assert models.stored(MODEL_NAME, f"run-{run_id}") is not None
+    assert models.current() is not None and models.current().version == demo_model
+    enqueued = [e for e in bridge.events("queue_enqueued") if e.get("claim_id") == run_id]
+    assert len(enqueued) == 1 and enqueued[0]["depth"] <= 10
+    training_topic = env["KAFKA_TOPIC_MODEL_TRAINING"]
+    wait_until(lambda: sum(committed(kafka_service.address, env["KAFKA_GROUP_ID"], training_topic).values()) == 1,
+               30, "the training record committed", [bridge])

@@ -7,12 +7,11 @@ from __future__ import annotations
 import signal
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
-from devtools.processes import ManagedProcess, start_worker
+from devtools.processes import ManagedProcess
 from devtools.services import Service, free_port
 from settings import Settings
 from tasks.demo_model import SAMPLE_KEY
@@ -25,38 +24,11 @@ from tests.e2e.bridge_support import (
     create_topic,
     publish,
     results,
-    start_bridge,
     valid_claims,
     wait_until,
 )
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def settings(module_env: dict[str, str]) -> Settings:
-    return Settings(redis_url=module_env["REDIS_URL"], s3_endpoint=module_env["S3_ENDPOINT"])
-
-
-@pytest.fixture(scope="module")
-def worker(module_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
-    process = start_worker(module_env, tmp_path_factory.mktemp("recovery-worker"))
-    yield process
-    process.stop()
-
-
-@pytest.fixture
-def bridges(log_dir: Path) -> Iterator[Callable[..., ManagedProcess]]:
-    started: list[ManagedProcess] = []
-
-    def start(env: dict[str, str], name: str = "bridge") -> ManagedProcess:
-        process = start_bridge(env, log_dir, name)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 def test_sigkill_mid_burst_loses_nothing(module_env: dict[str, str], kafka_service: Service, settings: Settings,
@@ -76,7 +48,16 @@ def test_sigkill_mid_burst_loses_nothing(module_env: dict[str, str], kafka_servi
     second = bridges({**env, "BRIDGE_METRICS_PORT": str(free_port())}, "bridge-b")
     # Then every claim ends with a result, and the offsets are committed to the end
     wait_until(lambda: len(results(settings, prefix)) == count, 120, "every claim has a result", [second, worker])
-    wait_until(lambda: committed(kafka_service.address, group, topic) == ends, 30, f"commits reach {ends}", [second])
+    seen: list[dict[int, int]] = [{}]
+
+    def reached() -> bool:
+        seen[0] = committed(kafka_service.address, group, topic)
+        return seen[0] == ends
+
+    try:
+        wait_until(reached, 60, f"commits reach {ends}", [second])
+    except AssertionError as error:
+        raise AssertionError(f"last committed {seen[0]}: {error}") from None
     # And claims computed twice are at most the in-flight bound
     twice = [claim for claim, times in Counter(computed_claims(worker, prefix)).items() if times > 1]
     redelivered = [e for e in worker.events("claim_already_scored") if e["claim_id"].startswith(f"{prefix}-")]
@@ -108,4 +89,13 @@ def test_two_bridges_split_the_partitions_and_one_takes_over(module_env: dict[st
     # Then the other takes over its partitions and finishes the work, nothing lost
     wait_until(lambda: assignment(second, topic) == set(range(PARTITIONS)), 60, "bridge-b owns all four", [second])
     wait_until(lambda: len(results(settings, prefix)) == 240, 90, "every claim has a result", [second, worker])
-    wait_until(lambda: committed(kafka_service.address, group, topic) == ends, 30, f"commits reach {ends}", [second])
+    seen: list[dict[int, int]] = [{}]
+
+    def reached() -> bool:
+        seen[0] = committed(kafka_service.address, group, topic)
+        return seen[0] == ends
+
+    try:
+        wait_until(reached, 60, f"commits reach {ends}", [second])
+    except AssertionError as error:
+        raise AssertionError(f"last committed {seen[0]}: {error}") from None

@@ -48,8 +48,9 @@ _pid = 0
 
 
 def worker_runtime(settings: Settings) -> WorkerRuntime:
-    """This process's runtime; a forked child builds its own instead of sharing its parent's sockets."""
+    """This process's runtime; a forked child builds its own instead of sharing its parent's sockets, and
+    other settings (tests running tasks in-process) get their own."""
     global _runtime, _pid
-    if _runtime is None or _pid != os.getpid():
+    if _runtime is None or _pid != os.getpid() or _runtime.settings is not settings:
         _runtime, _pid = WorkerRuntime(settings), os.getpid()
     return _runtime

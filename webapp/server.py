@@ -141,14 +141,14 @@ def serve(app: Any, settings: Settings, on_drain: Callable[[], None]) -> None:
     signal.signal(signal.SIGINT, _stop)
     log_event(log, "http_listening", host=settings.host, port=server.effective_port, threads=settings.http_threads)
     while not stopping.is_set():
-        wasyncore.loop(timeout=0.2, map=server._map, count=1, use_poll=True)
+        wasyncore.loop(timeout=0.2, map=server._map, count=1)
 
     on_drain()
     log_event(log, "http_draining", in_flight=counted.count, timeout_s=settings.drain_timeout_s)
     _close_listeners(server._map)
     deadline = time.monotonic() + settings.drain_timeout_s
     while time.monotonic() < deadline and not (counted.count == 0 and dispatcher.idle and _flushed(server._map)):
-        wasyncore.loop(timeout=0.05, map=server._map, count=1, use_poll=True)
+        wasyncore.loop(timeout=0.05, map=server._map, count=1)
     left = counted.count
     for channel in list(server._map.values()):
         channel.close()

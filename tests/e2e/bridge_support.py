@@ -172,3 +172,19 @@ def wait_until(check: Any, timeout_s: float, what: str, watch: Iterable[ManagedP
         time.sleep(0.1)
     tails = "\n".join(f"--- {p.name}\n{p.output()[-2000:]}" for p in watch)
     raise AssertionError(f"{what}: not within {timeout_s}s\n{tails}")
+
+
+def wait_committed(kafka: str, group: str, topic: str, ends: dict[int, int], watch: Iterable[ManagedProcess],
+                   timeout_s: float = 60) -> None:
+    """Wait until the group's committed offsets equal `ends`; on failure, say which offsets were seen last."""
+    seen: dict[int, int] = {}
+
+    def reached() -> bool:
+        seen.clear()
+        seen.update(committed(kafka, group, topic))
+        return seen == ends
+
+    try:
+        wait_until(reached, timeout_s, f"commits reach {ends}", watch)
+    except AssertionError as error:
+        raise AssertionError(f"last committed {seen}: {error}") from None

@@ -19,12 +19,12 @@ from tests.e2e.bridge_support import (
     PARTITIONS,
     assignment,
     bridge_env,
-    committed,
     computed_claims,
     create_topic,
     publish,
     results,
     valid_claims,
+    wait_committed,
     wait_until,
 )
 
@@ -48,16 +48,7 @@ def test_sigkill_mid_burst_loses_nothing(module_env: dict[str, str], kafka_servi
     second = bridges({**env, "BRIDGE_METRICS_PORT": str(free_port())}, "bridge-b")
     # Then every claim ends with a result, and the offsets are committed to the end
     wait_until(lambda: len(results(settings, prefix)) == count, 120, "every claim has a result", [second, worker])
-    seen: list[dict[int, int]] = [{}]
-
-    def reached() -> bool:
-        seen[0] = committed(kafka_service.address, group, topic)
-        return seen[0] == ends
-
-    try:
-        wait_until(reached, 60, f"commits reach {ends}", [second])
-    except AssertionError as error:
-        raise AssertionError(f"last committed {seen[0]}: {error}") from None
+    wait_committed(kafka_service.address, group, topic, ends, [second])
     # And claims computed twice are at most the in-flight bound
     twice = [claim for claim, times in Counter(computed_claims(worker, prefix)).items() if times > 1]
     redelivered = [e for e in worker.events("claim_already_scored") if e["claim_id"].startswith(f"{prefix}-")]
@@ -89,13 +80,4 @@ def test_two_bridges_split_the_partitions_and_one_takes_over(module_env: dict[st
     # Then the other takes over its partitions and finishes the work, nothing lost
     wait_until(lambda: assignment(second, topic) == set(range(PARTITIONS)), 60, "bridge-b owns all four", [second])
     wait_until(lambda: len(results(settings, prefix)) == 240, 90, "every claim has a result", [second, worker])
-    seen: list[dict[int, int]] = [{}]
-
-    def reached() -> bool:
-        seen[0] = committed(kafka_service.address, group, topic)
-        return seen[0] == ends
-
-    try:
-        wait_until(reached, 60, f"commits reach {ends}", [second])
-    except AssertionError as error:
-        raise AssertionError(f"last committed {seen[0]}: {error}") from None
+    wait_committed(kafka_service.address, group, topic, ends, [second])

@@ -2,7 +2,8 @@
 
 Fast lane: waitress hands every request to one pool of `HTTP_THREADS` threads, in arrival order, so
 when all of them wait on slow /predict calls a health probe would wait too. `ProbeFirstDispatcher`
-sends a connection whose next request is `GET /healthz` (or `/metrics`) to its own thread instead.
+has `GET /healthz` answered by the I/O thread as soon as it is read (or, for a request that follows
+another on the same connection, by a thread of its own).
 
 Drain: the first SIGTERM (or SIGINT) stops accepting connections and turns /readyz to 503, lets the
 requests in flight finish and their responses flush, for at most DRAIN_TIMEOUT_S, then exits 0.
@@ -27,7 +28,7 @@ from tasks.logs import log_event
 
 log = logging.getLogger(__name__)
 
-FAST_PATHS = frozenset({"/healthz", "/metrics"})
+FAST_PATHS = frozenset({"/healthz"})
 
 
 class ProbeFirstDispatcher(ThreadedTaskDispatcher):
@@ -40,7 +41,10 @@ class ProbeFirstDispatcher(ThreadedTaskDispatcher):
     def add_task(self, task: Any) -> None:
         requests = getattr(task, "requests", None)
         if requests and requests[0].command == "GET" and requests[0].path in FAST_PATHS:
-            self.fast.add_task(task)
+            if isinstance(task, QuietChannel) and threading.current_thread() is threading.main_thread():
+                task.serve_inline = True  # answered by the I/O thread itself, right after it read the request
+            else:
+                self.fast.add_task(task)
         else:
             super().add_task(task)
 
@@ -61,6 +65,17 @@ class QuietChannel(HTTPChannel):
     socket that is always writable and does nothing (measured: ~10,000 loop turns a second at 200
     requests a second, holding the GIL from the request threads). Here `writable()` answers what
     `handle_write()` will do; the task pulls the trigger when it ends, and the main loop flushes then."""
+
+    serve_inline = False
+
+    def handle_read(self) -> None:
+        """A liveness probe is answered here, in the I/O thread, once the request is read: no hand-over
+        to a request thread and back, each of which waits for the GIL while /predict keeps it busy.
+        (`received()` runs under the requests lock that `service()` takes, hence after it returns.)"""
+        super().handle_read()
+        if self.serve_inline:
+            self.serve_inline = False
+            self.service()
 
     def writable(self) -> bool:
         if (self.requests and not (self.will_close or self.close_when_flushed)

@@ -60,7 +60,12 @@ class Bridge:
         self.celery = create_celery(settings, main="bridge")
         self.collector = ResultCollector(redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2,
                                                               socket_timeout=5),
-                                         self.celery.backend, interval_s=dispatch.COLLECT_INTERVAL_S)
+                                         self.celery.backend, interval_s=dispatch.COLLECT_INTERVAL_S,
+                                         # Task ids are deterministic (<topic>:<partition>:<offset>): after
+                                         # a rebalance, the previous owner may still be draining the same
+                                         # ids. Leave result keys for whoever else waits on them; they
+                                         # expire after `result_expires`.
+                                         delete_after_read=False)
         self.dispatcher = Dispatcher(self.celery, self.collector, settings.celery_batch_queue, self.events,
                                      honour_deadlines=settings.enable_ttl)
         self.probe = QueueProbe(self.redis, settings.celery_batch_queue)

@@ -8,6 +8,9 @@ characters; only BUCKET_PROCESSED is ever read.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from flask import Blueprint, Response, current_app, request
 from werkzeug.datastructures import ContentRange
 
@@ -30,18 +33,24 @@ def check_key(key: str) -> str:
     return key
 
 
+@contextmanager
+def storage_errors() -> Iterator[None]:
+    try:
+        yield
+    except ObjectMissing:
+        raise ApiError(404, "object_missing", "No such object.") from None
+    except StorageUnavailable:
+        raise ApiError(503, "storage_unavailable", "Object storage is unreachable; retry shortly.", {"Retry-After": "2"}) from None
+
+
 @downloads.get("/download_processed/<path:object_key>")
 def download_processed(object_key: str) -> Response:
     gateway = current_app.extensions["gateway"]
     key = check_key(object_key)
     bucket = gateway.settings.bucket_processed
     store = gateway.downloads
-    try:
+    with storage_errors():
         stat = store.stat(bucket, key)
-    except ObjectMissing:
-        raise ApiError(404, "object_missing", "No such object.") from None
-    except StorageUnavailable:
-        raise ApiError(503, "storage_unavailable", "Object storage is unreachable; retry shortly.", {"Retry-After": "2"}) from None
     size = int(stat.size)
     status, offset, length = 200, 0, size
     headers = {"Accept-Ranges": "bytes"}
@@ -55,12 +64,8 @@ def download_processed(object_key: str) -> Response:
         offset, stop = span
         status, length = 206, stop - offset
         headers["Content-Range"] = ContentRange("bytes", offset, stop, size).to_header()
-    try:
+    with storage_errors():
         chunks = store.stream(bucket, key, offset, length, CHUNK_BYTES) if length else iter(())
-    except ObjectMissing:
-        raise ApiError(404, "object_missing", "No such object.") from None
-    except StorageUnavailable:
-        raise ApiError(503, "storage_unavailable", "Object storage is unreachable; retry shortly.", {"Retry-After": "2"}) from None
     headers["Content-Length"] = str(length)
     return Response(chunks, status=status, headers=headers, mimetype=stat.content_type or "application/octet-stream",
                     direct_passthrough=True)

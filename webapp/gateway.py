@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 REDIS_RETRY_AFTER_S = 1
 
 
+def redis_unavailable() -> ApiError:
+    return ApiError(503, "redis_unavailable", "The queue is unreachable; retry shortly.",
+                    {"Retry-After": str(REDIS_RETRY_AFTER_S)})
+
+
 def fast_redis(settings: Settings, timeout_s: float) -> redis.Redis:
     """A client that fails within `timeout_s` instead of retrying: admission must answer, not hang."""
     return redis.Redis.from_url(
@@ -96,8 +101,7 @@ class Gateway:
             sample = self.probe.sample()
         except redis.RedisError:
             ADMISSION.labels("unavailable").inc()
-            raise ApiError(503, "redis_unavailable", "The queue is unreachable; retry shortly.",
-                           {"Retry-After": str(REDIS_RETRY_AFTER_S)}) from None
+            raise redis_unavailable() from None
         if self.batcher:
             sample = QueueSample(sample.depth + self.batcher.pending, sample.completed, sample.at)
         rate = self.drain.observe(sample)
@@ -132,8 +136,7 @@ class Gateway:
         except (OperationalError, redis.RedisError, OSError) as error:
             ADMISSION.labels("unavailable").inc()
             log.warning("enqueue failed: %s", type(error).__name__, extra={"event": "queue_unavailable"})
-            raise ApiError(503, "redis_unavailable", "The queue is unreachable; retry shortly.",
-                           {"Retry-After": str(REDIS_RETRY_AFTER_S)}) from None
+            raise redis_unavailable() from None
         ADMISSION.labels("accepted").inc()
         log_event(log, "queue_enqueued", depth=depth + 1, bounded=settings.use_bounded_queue,
                   maxsize=settings.queue_maxsize, task_id=result.id)
@@ -174,8 +177,7 @@ class Gateway:
         except (OperationalError, redis.RedisError, OSError) as error:
             self.collector.forget([task_id])
             log.warning("enqueue failed: %s", type(error).__name__, extra={"event": "queue_unavailable"})
-            raise ApiError(503, "redis_unavailable", "The queue is unreachable; retry shortly.",
-                           {"Retry-After": str(REDIS_RETRY_AFTER_S)}) from None
+            raise redis_unavailable() from None
         log_event(log, "batch_sent", task_id=task_id, batch_size=len(items), keys=[item.id for item in items])
         if self.cache.mode != "off":
             outcome.add_done_callback(lambda done: self._cache_batch(items, done))

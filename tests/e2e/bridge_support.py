@@ -82,7 +82,8 @@ def committed(kafka: str, group: str, topic: str) -> dict[int, int]:
 def read_all(kafka: str, topic: str, count: int, timeout_s: float = 30) -> list[Any]:
     consumer = KafkaConsumer(bootstrap_servers=kafka, group_id=None, auto_offset_reset="earliest")
     try:
-        consumer.assign([TopicPartition(topic, p) for p in range(PARTITIONS)])
+        partitions = consumer.partitions_for_topic(topic) or set(range(PARTITIONS))
+        consumer.assign([TopicPartition(topic, p) for p in partitions])
         records: list[Any] = []
         deadline = time.monotonic() + timeout_s
         while len(records) < count and time.monotonic() < deadline:

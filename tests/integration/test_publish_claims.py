@@ -8,11 +8,11 @@ import uuid
 from typing import Any
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 from pydantic import SecretStr
 
 from devtools.services import Service
 from settings import Settings
+from tests.e2e.bridge_support import read_all
 from webapp import create_app
 
 pytestmark = pytest.mark.integration
@@ -29,19 +29,7 @@ def kafka_settings(base_settings: Settings, kafka_service: Service) -> Settings:
 
 
 def read_topic(settings: Settings, count: int, timeout_s: float = 20) -> list[Any]:
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
-                             auto_offset_reset="earliest")
-    try:
-        partitions = consumer.partitions_for_topic(settings.kafka_topic_claims) or set()
-        consumer.assign([TopicPartition(settings.kafka_topic_claims, p) for p in partitions])
-        records: list[Any] = []
-        deadline = time.monotonic() + timeout_s
-        while len(records) < count and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=200).values():
-                records.extend(batch)
-        return records
-    finally:
-        consumer.close()
+    return read_all(settings.kafka_bootstrap_servers, settings.kafka_topic_claims, count, timeout_s)
 
 
 def test_off_unless_test_endpoints_are_enabled(kafka_settings: Settings) -> None:

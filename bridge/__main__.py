@@ -6,6 +6,7 @@ from bridge.http import ProbeServer
 from bridge.loop import Bridge
 from bridge.startup import require_kafka
 from settings import load_settings
+from tasks import metrics
 from tasks.logs import configure_logging
 from tasks.startup import announce, require_services
 
@@ -18,7 +19,7 @@ def main() -> int:
     require_kafka(settings)
     bridge = Bridge(settings)
     bridge.install_signals()
-    probes = ProbeServer(settings.host, settings.bridge_metrics_port, bridge.readiness).start()
+    probes = ProbeServer(settings.host, settings.bridge_metrics_port, bridge.readiness, metrics.registry(metrics.BRIDGE)).start()
     try:
         return bridge.run()
     finally:

@@ -1,7 +1,8 @@
 """The bridge's probe and metrics server on BRIDGE_METRICS_PORT: /metrics, /healthz, /readyz.
 
-/healthz answers 200 while the process runs; /readyz answers 200 once the bridge has partitions assigned
-(and 503 while it drains). Served from a daemon thread; it never touches the consumer.
+/metrics serves the registry it is given (the bridge's metrics, tasks.metrics.EXPORTED["bridge"]); /healthz
+answers 200 while the process runs; /readyz answers 200 once the bridge has partitions assigned (and 503
+while it drains). Served from a daemon thread; it never touches the consumer.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from tasks.logs import log_event
 
@@ -20,13 +21,13 @@ log = logging.getLogger(__name__)
 
 
 class ProbeServer:
-    def __init__(self, host: str, port: int, readiness: Callable[[], dict[str, str]]) -> None:
+    def __init__(self, host: str, port: int, readiness: Callable[[], dict[str, str]], registry: CollectorRegistry) -> None:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 if self.path == "/metrics":
-                    self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
+                    self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
                 elif self.path == "/healthz":
                     self._json(200, {"status": "ok"})
                 elif self.path == "/readyz":

@@ -10,3 +10,4 @@ from tasks.celery_app import create_celery  # noqa: E402
 
 app = create_celery(load_settings())
 worker.install(app)
+worker_metrics.install(app)

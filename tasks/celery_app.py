@@ -11,6 +11,7 @@ from celery import Celery
 from kombu import Queue
 
 from settings import Settings
+from tasks import queue_wait
 
 PREDICT_TASK = "tasks.predict"
 PREDICT_BATCH_TASK = "tasks.predict_batch"
@@ -87,4 +88,5 @@ def create_celery(settings: Settings, *, main: str = "tasks") -> InferenceCelery
     app = InferenceCelery(main, set_as_current=True)
     app.settings = settings
     app.conf.update(celery_config(settings))
+    queue_wait.stamp_messages()  # every message carries its enqueue time, for the workers' queue-wait histogram
     return app

@@ -20,7 +20,7 @@ from tasks.deadline import DeadlineTask
 from tasks.errors import InvalidInput
 from tasks.inference import LoadedModel, validate_row, validate_rows
 from tasks.logs import log_event, now_ms
-from tasks.metrics import BATCH_SIZE
+from tasks.metrics import BATCH_SIZE, EXPIRED
 from tasks.runtime import worker_runtime
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ def predict_batch(self: DeadlineTask, items: list[dict[str, Any]]) -> dict[str, 
         deadline = item.get("deadline_ms")
         if deadline is not None and deadline <= now:
             results[index] = {"expired": True}
+            EXPIRED.labels("worker").inc()
             log_event(log, "ttl_expired", source="worker", key=item.get("id") or f"{self.request.id}#{index}",
                       task_id=self.request.id)
             continue

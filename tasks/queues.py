@@ -56,6 +56,13 @@ def record_completed(client: redis.Redis, queue: str, count: int = 1) -> None:
     client.incrby(completed_key(queue), count)
 
 
+def unacknowledged(client: redis.Redis) -> int:
+    """Task messages delivered to workers and not yet acknowledged, both lanes (kombu's `unacked` hash): with
+    late acks, the tasks running or prefetched. A node that died keeps its entries there until they are
+    restored after the visibility timeout."""
+    return int(client.hlen(Channel.unacked_key))  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True)
 class QueueSample:
     depth: int

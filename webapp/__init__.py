@@ -9,6 +9,7 @@ from webapp.claims import claims
 from webapp.downloads import downloads
 from webapp.errors import register_error_handlers
 from webapp.gateway import Gateway
+from webapp.scrape import ScrapedMetrics
 from webapp.views import api
 
 __all__ = ["create_app"]
@@ -23,6 +24,7 @@ def create_app(settings: Settings | None = None, *, start: bool = True) -> Flask
     app.json.sort_keys = False  # type: ignore[attr-defined]
     gateway = Gateway(settings)
     app.extensions["gateway"] = gateway
+    app.extensions["metrics"] = ScrapedMetrics(gateway)
     app.register_blueprint(api)
     app.register_blueprint(claims)
     app.register_blueprint(downloads)

@@ -26,6 +26,7 @@ from typing import Any
 from tasks.errors import DeadlineExceeded, InferenceError, InvalidInput
 from tasks.logs import now_ms
 from tasks.metrics import BATCH_SIZE as BATCH_SIZE_METRIC
+from tasks.metrics import EXPIRED
 from tasks.results import Outcome
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ class MicroBatcher:
         live = []
         for item in batch:
             if item.deadline_ms <= now:
+                EXPIRED.labels("queue").inc()
                 item.future.set_exception(DeadlineExceeded("the deadline passed before the batch was sent"))
             else:
                 live.append(item)

@@ -6,12 +6,12 @@ import logging
 import time
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from tasks.errors import InvalidInput
 from tasks.inference import validate_rows
 from tasks.logs import log_event, now_ms
-from tasks.metrics import ADMISSION, REQUEST_LATENCY
+from tasks.metrics import ADMISSION, EXPIRED, REQUEST_LATENCY
 from webapp.errors import ApiError
 from webapp.gateway import Gateway
 from webapp.openapi import openapi_document
@@ -56,6 +56,7 @@ def predict() -> Response:
     deadline_ms = min(deadline_ms, wait_limit_ms) if settings.enable_ttl else wait_limit_ms
     if deadline_ms <= now_ms():
         ADMISSION.labels("shed_deadline").inc()
+        EXPIRED.labels("admission").inc()
         raise ApiError(504, "deadline_exceeded", "The request's deadline had passed before it could be queued.")
     # 3. Redis unreachable: 503. A busy queue answers repeated inputs from the cache; at the bound, 429.
     sample = gw.sample_queue()
@@ -119,7 +120,7 @@ def openapi() -> Response:
 
 @api.get("/metrics")
 def metrics() -> Response:
-    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+    return Response(current_app.extensions["metrics"].render(), mimetype=CONTENT_TYPE_LATEST)
 
 
 @api.before_app_request

@@ -13,5 +13,6 @@
     rebalance.py  the rebalance listener: commit_async on revoke, changes handed to the poll loop
     loop.py       the poll loop that ties them together; only it touches the consumer
     http.py       /metrics, /healthz, /readyz
-    lag.py        `python -m bridge.lag`: committed offset, end offset and lag per partition
+    lag.py        committed offset, end offset and lag per partition: `python -m bridge.lag`, and the
+                  LagMonitor thread that exports them as metrics
 """

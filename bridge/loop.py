@@ -31,6 +31,7 @@ from bridge.deadletter import DeadLettered, DeadLetters
 from bridge.dispatch import Dispatcher, InFlight, Record, ResultArrived, failure_code
 from bridge.errors import ClaimRejected, CommitFailed, KafkaUnavailable
 from bridge.flow import FlowControl, Transition
+from bridge.lag import LagMonitor
 from bridge.models import ModelRecords, Training
 from bridge.offsets import OffsetTracker
 from bridge.rebalance import Assigned, Rebalance, Revoked, labelled, names
@@ -84,6 +85,8 @@ class Bridge:
         self._last_commit = 0.0
         self._last_overdue_check = 0.0
         self._retry_after = 0.0
+        self.lag = LagMonitor(settings)
+        metrics.initialise(metrics.BRIDGE, settings)
         metrics.BRIDGE_MAXSIZE.set(settings.queue_maxsize)
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -107,6 +110,7 @@ class Bridge:
         settings = self.settings
         topics = [settings.kafka_topic_claims, settings.kafka_topic_model_selected, settings.kafka_topic_model_training]
         self.collector.start()
+        self.lag.start()
         self.dead_letters = DeadLetters(make_producer(settings), settings.kafka_topic_dlq, self.events)
         self.consumer = GroupConsumer(settings, topics, Rebalance(self))
         log_event(log, "bridge_started", topics=topics, group=settings.kafka_group_id, maxsize=settings.queue_maxsize)
@@ -135,6 +139,7 @@ class Bridge:
             self.consumer.close()
         if self.dead_letters is not None:
             self.dead_letters.close()
+        self.lag.stop()
         self.collector.stop()
 
     # -- one turn ----------------------------------------------------------------------------------
@@ -208,6 +213,7 @@ class Bridge:
         self.dispatcher.forget(dropped)
         self.tracker.drop(partitions)
         self.assigned -= partitions
+        self.lag.watch(self.assigned)
         metrics.BRIDGE_ASSIGNED.set(len(self.assigned))
         metrics.BRIDGE_RECORDS.labels("dropped").inc(len(dropped))
         log_event(log, "partitions_revoked", tps=sorted(f"{tp.topic}:{tp.partition}" for tp in partitions),
@@ -216,6 +222,7 @@ class Bridge:
     def on_assigned(self, partitions: set[TopicPartition]) -> None:
         assert self.consumer is not None
         self.assigned |= partitions
+        self.lag.watch(self.assigned)
         metrics.BRIDGE_ASSIGNED.set(len(self.assigned))
         if self.flow.paused or self.draining:
             self.consumer.pause(partitions)  # kafka-python forgets pause state on rebalance
@@ -253,6 +260,7 @@ class Bridge:
             self.dead_letters.send(record, event.code, event.message)
             return
         metrics.BRIDGE_RECORDS.labels("dead_lettered").inc()
+        metrics.BRIDGE_DEAD_LETTERED.labels(event.code).inc()
         log_event(log, "claim_dead_lettered", key=_key(record), error=event.code, tp=f"{record.topic}:{record.partition}",
                   offset=record.offset)
         self.finish(record)
@@ -319,6 +327,7 @@ class Bridge:
             return 1
         if settings.enable_ttl and claim.deadline_ms is not None and claim.deadline_ms <= now_ms():
             metrics.BRIDGE_RECORDS.labels("expired").inc()
+            metrics.EXPIRED.labels("admission").inc()
             log_event(log, "ttl_expired", source="bridge", key=claim.claim_id)
             self.tracker.skip(record.tp, record.offset)
             return 0
@@ -387,11 +396,11 @@ class Bridge:
         try:
             self.consumer.commit(offsets)
         except (CommitFailed, KafkaUnavailable) as error:
+            metrics.BRIDGE_COMMITS.labels("failed").inc()
             log.warning("commit failed: %s", error, extra={"event": "commit_failed"})
             return
         self.tracker.committed(offsets)
-        for tp, offset in offsets.items():
-            metrics.BRIDGE_COMMITTED.labels(tp.topic, str(tp.partition)).set(offset)
+        metrics.BRIDGE_COMMITS.labels("ok").inc()
         log_event(log, "commit_offsets", tps=names(offsets), offsets=labelled(offsets))
 
 

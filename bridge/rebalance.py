@@ -15,6 +15,7 @@ from kafka import ConsumerRebalanceListener, TopicPartition
 
 from bridge.consumer import GroupConsumer
 from bridge.errors import CommitFailed, KafkaUnavailable
+from tasks import metrics
 from tasks.logs import log_event
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,10 @@ class Rebalance(ConsumerRebalanceListener):
         consumer = self.bridge.consumer
         if offsets and consumer is not None:
             try:
-                consumer.commit_async(offsets)
+                consumer.commit_async(offsets, callback=_counted)
                 log_event(log, "commit_offsets", tps=names(offsets), offsets=labelled(offsets), on="revoke")
             except (CommitFailed, KafkaUnavailable) as error:
+                metrics.BRIDGE_COMMITS.labels("failed").inc()
                 log.warning("commit on revoke failed: %s", error, extra={"event": "commit_failed"})
         self.bridge.events.put(Revoked(partitions))
 
@@ -61,6 +63,11 @@ class Rebalance(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         self.bridge.events.put(Assigned(set(assigned)))
+
+
+def _counted(_offsets: Any, response: Any) -> None:
+    """kafka-python's commit_async callback: `response` is an exception when the commit failed."""
+    metrics.BRIDGE_COMMITS.labels("failed" if isinstance(response, Exception) else "ok").inc()
 
 
 def names(offsets: dict[TopicPartition, int]) -> list[str]:

@@ -408,11 +408,13 @@ def test_the_dashboard_queries_only_metrics_defined_in_tasks_metrics() -> None:
 @pytest.mark.parametrize("metric", [
     "inference_queue_depth", "inference_admission_total", "inference_http_request_duration_seconds_bucket",
     "inference_batch_size_bucket", "inference_expired_total", "bridge_claims_in_flight", "bridge_consumer_paused",
-    "bridge_records_total", "bridge_committed_offset", "inference_model_loaded",
+    "bridge_records_total", "bridge_committed_offset", "inference_model_loaded", "inference_queue_wait_seconds_bucket",
+    "inference_backlog", "bridge_end_offset", "bridge_consumer_lag", "bridge_commits_total", "bridge_dead_lettered_total",
 ])
 def test_the_dashboard_covers_each_operator_question(metric: str) -> None:
-    # Given the dashboard, Then queue depth, admissions, latency, batch sizes, expiries, the bridge's flow and
-    # commits, and the model version per worker each have a panel.
+    # Given the dashboard, Then queue depth, admissions, latency, batch sizes, expiries, queue wait, the
+    # autoscaling backlog, the bridge's flow, offsets, lag, commits and DLQ, and the model version per worker
+    # each have a panel.
     assert any(re.search(rf"\b{metric}\b", expr) for expr in dashboard_exprs())
 
 

@@ -8,6 +8,7 @@ import logging
 import pytest
 
 from settings import Settings
+from tasks import metrics
 from tasks.celery_app import create_celery
 from tasks.logs import now_ms
 
@@ -22,6 +23,10 @@ def app(base_settings: Settings, demo_model: str):  # type: ignore[no-untyped-de
     return app
 
 
+def expired_count(stage: str) -> float:
+    return metrics.registry(metrics.WORKER).get_sample_value("inference_expired_total", {"stage": stage}) or 0.0
+
+
 def test_a_batch_drops_expired_items_and_fails_invalid_ones_alone(app, demo_model: str, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
     items = [
         {"id": "ok-1", "row": ROW, "deadline_ms": now_ms() + 10_000},
@@ -30,6 +35,7 @@ def test_a_batch_drops_expired_items_and_fails_invalid_ones_alone(app, demo_mode
         {"id": "text", "row": ROW[:-1] + ["x"], "deadline_ms": None},
         {"id": "ok-2", "row": [0.0] * 9, "deadline_ms": None},
     ]
+    expired_in_worker = expired_count("worker")
     with caplog.at_level(logging.INFO):
         result = app.tasks["tasks.predict_batch"].apply(args=[items]).get(timeout=10)
     assert result["model_version"] == demo_model
@@ -41,6 +47,7 @@ def test_a_batch_drops_expired_items_and_fails_invalid_ones_alone(app, demo_mode
     starts = [r for r in caplog.records if getattr(r, "event", "") == "predict_inference_start"]
     assert [r.batch_size for r in starts] == [2]  # type: ignore[attr-defined]
     assert any(getattr(r, "event", "") == "ttl_expired" and r.key == "expired" for r in caplog.records)  # type: ignore[attr-defined]
+    assert expired_count("worker") == expired_in_worker + 1
 
 
 def test_the_single_task_scores_every_row_in_one_call(app, demo_model: str) -> None:  # type: ignore[no-untyped-def]

@@ -9,6 +9,7 @@ from concurrent.futures import Future
 import pytest
 from celery import states
 
+from tasks import metrics
 from tasks.errors import DeadlineExceeded, InvalidInput
 from tasks.logs import now_ms
 from tasks.results import Outcome
@@ -45,6 +46,10 @@ class Workers:
 @pytest.fixture
 def workers() -> Workers:
     return Workers()
+
+
+def expired_count(stage: str) -> float:
+    return metrics.registry(metrics.API).get_sample_value("inference_expired_total", {"stage": stage}) or 0.0
 
 
 def batcher(workers: Workers, size: int = 4, timeout_ms: int = 50, max_in_flight: int = 1) -> MicroBatcher:
@@ -97,12 +102,14 @@ def test_an_item_already_expired_at_flush_is_not_sent(workers: Workers) -> None:
     subject = batcher(workers, size=2, timeout_ms=10_000)
     subject.submit([0.0], later(), "busy")
     workers.wait_batches(1)
+    expired_in_queue = expired_count("queue")
     expired = subject.submit([1.0], now_ms() - 1, "expired")
     alive = subject.submit([2.0], later(), "alive")
     workers.wait_batches(2)
     assert [item.id for item in workers.batches[1][1]] == ["alive"]
     with pytest.raises(DeadlineExceeded):
         expired.result(timeout=1)
+    assert expired_count("queue") == expired_in_queue + 1  # dropped while queued in the API
     workers.complete(1)
     assert alive.result(timeout=1) == (0.0, "v1")
     subject.stop()

@@ -8,6 +8,8 @@ another process than documented fails here."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-from devtools.processes import ManagedProcess, start_api, start_worker
+from devtools.processes import PYTHON, ROOT, ManagedProcess, start_api, start_worker
 from devtools.services import Service, free_port
 from settings import Settings
 from tasks import metrics
@@ -41,6 +43,12 @@ def value(families: dict[str, Any], sample: str, **labels: str) -> float:
     family = families.get(sample.removesuffix("_total").removesuffix("_count"))
     found = [s.value for s in (family.samples if family else []) if s.name == sample and labels.items() <= s.labels.items()]
     return sum(found)
+
+
+def offsets(families: dict[str, Any], gauge: str, topic: str) -> dict[int, int]:
+    """A per-partition gauge of `topic`, e.g. offsets(f, "bridge_committed_offset", "claims-1")."""
+    family = families.get(gauge)
+    return {int(s.labels["partition"]): int(s.value) for s in (family.samples if family else []) if s.labels["topic"] == topic}
 
 
 def up(url: str) -> bool:
@@ -69,8 +77,9 @@ def test_each_process_serves_exactly_its_documented_metrics(module_env: dict[str
         late = requests.post(f"{api.url}/predict", json={"features": ROW}, headers={"X-Request-Timeout-Ms": "0"}, timeout=10)
         assert late.status_code == 504, late.text
         prefix = f"metrics-{uuid.uuid4().hex[:6]}"
-        publish(kafka_service.address, env["KAFKA_TOPIC_CLAIMS"],
-                [*valid_claims(prefix, CLAIMS, settings.bucket_processed, SAMPLE_KEY), (b"poison", b"{not json", [])])
+        topic = env["KAFKA_TOPIC_CLAIMS"]
+        ends = publish(kafka_service.address, topic,
+                       [*valid_claims(prefix, CLAIMS, settings.bucket_processed, SAMPLE_KEY), (b"poison", b"{not json", [])])
 
         def settled() -> bool:
             seen = scrape(bridge.url)
@@ -80,7 +89,11 @@ def test_each_process_serves_exactly_its_documented_metrics(module_env: dict[str
                     and "bridge_consumer_lag" in seen)
 
         wait_until(settled, 30, "claims completed, the poison record dead-lettered, offsets committed", [bridge, worker])
+        wait_until(lambda: offsets(scrape(bridge.url), "bridge_committed_offset", topic) == ends, 10,
+                   f"bridge_committed_offset reaches {ends}", [bridge])
         served = {metrics.API: scrape(api.url), metrics.WORKER: scrape(worker.url), metrics.BRIDGE: scrape(bridge.url)}
+        lag = subprocess.run([PYTHON, "-m", "bridge.lag", "--json"], env=env, cwd=ROOT, capture_output=True, text=True,
+                             timeout=30)
     finally:
         api.stop()
         worker.stop()
@@ -99,7 +112,14 @@ def test_each_process_serves_exactly_its_documented_metrics(module_env: dict[str
     assert value(api_side, "inference_expired_total", stage="admission") == 1
     assert value(api_side, "inference_admission_total", outcome="shed_deadline") == 1
     assert value(bridge_side, "bridge_dead_lettered_total") == value(bridge_side, "bridge_records_total", outcome="dead_lettered") == 1
-    lag = [s for s in bridge_side["bridge_consumer_lag"].samples if s.labels["topic"] == env["KAFKA_TOPIC_CLAIMS"]]
-    assert lag and all(s.value >= 0 for s in lag)
+    assert all(s.value >= 0 for s in bridge_side["bridge_consumer_lag"].samples)
+    # And the per-partition offsets are the ones `python -m bridge.lag` prints (Tansu reports end offsets low:
+    # the two agree, whatever the broker says)
+    assert lag.returncode == 0, lag.stderr
+    printed = [json.loads(line) for line in lag.stdout.splitlines()]
+    assert {row["partition"]: (row["committed"], row["end"], row["lag"]) for row in printed} == {
+        partition: (committed, offsets(bridge_side, "bridge_end_offset", topic)[partition],
+                    offsets(bridge_side, "bridge_consumer_lag", topic)[partition])
+        for partition, committed in offsets(bridge_side, "bridge_committed_offset", topic).items()}
     assert {s.labels["queue"] for s in api_side["inference_queue_depth"].samples} == {settings.celery_queue, settings.celery_batch_queue}
     assert "inference_backlog" in api_side

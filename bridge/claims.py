@@ -33,9 +33,10 @@ class Claim:
 
     task_name: ClassVar[str] = CLAIM_TASK
 
-    def task_kwargs(self) -> dict[str, Any]:
-        return {"claim_id": self.claim_id, "bucket": self.bucket, "object_key": self.object_key,
-                "model_version": self.model_version}
+    def item(self, task_id: str, *, deadline: bool = True) -> dict[str, Any]:
+        """This claim as an item of a `tasks.score_claims` batch."""
+        return {"id": task_id, "claim_id": self.claim_id, "bucket": self.bucket, "object_key": self.object_key,
+                "model_version": self.model_version, "deadline_ms": self.deadline_ms if deadline else None}
 
 
 def task_id(topic: str, partition: int, offset: int) -> str:

@@ -18,6 +18,7 @@ from kafka import TopicPartition
 
 from bridge.claims import Claim
 from bridge.models import Training
+from tasks.celery_app import CLAIM_TASK
 from tasks.deadline import expires_at
 from tasks.results import Outcome, ResultCollector
 
@@ -30,6 +31,7 @@ MAX_ATTEMPTS = 3
 # it. Bulk work does not need the API's 2 ms, and every poll is an MGET of up to QUEUE_MAXSIZE keys.
 COLLECT_INTERVAL_S = 0.02
 
+# CONTRACT.md's codes; anything else (a model that could not be loaded, a bug) is `task_failed`.
 DLQ_CODES = {"object_missing", "schema_mismatch", "storage_unavailable"}
 _BY_CLASS = {"ObjectMissing": "object_missing", "SchemaMismatch": "schema_mismatch",
              "StorageUnavailable": "storage_unavailable"}
@@ -87,12 +89,27 @@ class Dispatcher:
         self.events = events
         self.honour_deadlines = honour_deadlines
 
-    def send(self, task_id: str, claim: Claim | Training) -> None:
-        """Enqueue the work's task (a claim, or a training run) and watch for its result. Raises whatever
-        kombu raises when Redis is gone."""
-        expires = expires_at(claim.deadline_ms) if self.honour_deadlines and claim.deadline_ms is not None else None
-        self.celery.send_task(claim.task_name, kwargs=claim.task_kwargs(), task_id=task_id, expires=expires,
-                              queue=self.bulk_queue, argsrepr="()", kwargsrepr=f"{{'claim_id': {claim.claim_id!r}}}")
+    def send(self, task_id: str, work: Training) -> None:
+        """Enqueue a training run and watch for its result. Raises whatever kombu raises when Redis is gone."""
+        self.celery.send_task(work.task_name, kwargs=work.task_kwargs(), task_id=task_id, queue=self.bulk_queue,
+                              argsrepr="()", kwargsrepr=f"{{'run_id': {work.claim_id!r}}}")
+        self._watch(task_id)
+
+    def send_claims(self, claims: list[tuple[str, Claim]]) -> None:
+        """Enqueue claims as one batch task and watch each claim's own result (stored under its task id).
+        The message expires with its latest claim (never, when one has no deadline); the worker drops the
+        earlier ones item by item. Raises whatever kombu raises when Redis is gone."""
+        items = [claim.item(task_id, deadline=self.honour_deadlines) for task_id, claim in claims]
+        deadlines = [item["deadline_ms"] for item in items]
+        expires = expires_at(max(deadlines)) if None not in deadlines else None
+        first = items[0]["id"]
+        self.celery.send_task(CLAIM_TASK, kwargs={"items": items}, task_id=f"{first}+{len(items)}", expires=expires,
+                              queue=self.bulk_queue, headers={"claim_items": [[i["id"], i["claim_id"]] for i in items]},
+                              argsrepr="()", kwargsrepr=f"{{'items': {len(items)}, 'first': {first!r}}}")
+        for task_id, _ in claims:
+            self._watch(task_id)
+
+    def _watch(self, task_id: str) -> None:
         future = self.collector.watch(task_id)
         future.add_done_callback(lambda done: self._arrived(task_id, done))
 

@@ -74,6 +74,9 @@ class Bridge:
         self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
         self.flow = FlowControl(settings.queue_maxsize, settings.pause_threshold_pct, settings.resume_threshold_pct)
         self.in_flight: dict[str, InFlight] = {}
+        # Claims per task message: one broker round trip, one worker hand-off and one read of a shared
+        # object for up to BATCH_SIZE claims; 1 when micro-batching is off.
+        self.claim_batch = settings.batch_size if settings.enable_microbatch else 1
         self.assigned: set[TopicPartition] = set()
         self.safe_offsets: dict[TopicPartition, int] = {}
         self.consumer: GroupConsumer | None = None
@@ -271,9 +274,14 @@ class Bridge:
     # -- taking records ----------------------------------------------------------------------------
 
     def take(self, records: list[Any], room: int) -> None:
-        """Take records in order while there is room; seek back to the first one that does not fit."""
+        """Take records in order while there is room; seek back to the first one that does not fit.
+
+        Claims go out in batches of up to `claim_batch` per task message. Any other record is handled only
+        once the claims taken before it are sent, so that each partition is handled in offset order and a
+        failed send can seek back to its first unsent claim without anything after it having been done."""
         assert self.consumer is not None
         held: set[TopicPartition] = set()
+        outbox: list[tuple[Record, Claim]] = []
         for raw in records:
             record = Record.of(raw)
             tp = record.tp
@@ -283,15 +291,27 @@ class Bridge:
                 self.hold(tp, record.offset)
                 held.add(tp)
                 continue
+            work = self.parse(record)
+            if isinstance(work, Claim) and not self.expired(work):
+                outbox.append((record, work))
+                room -= 1
+                if len(outbox) >= self.claim_batch and not self.flush(outbox, held):
+                    room = 0
+                continue
+            if not self.flush(outbox, held):
+                room = 0
+                if tp not in held:
+                    self.hold(tp, record.offset)
+                    held.add(tp)
+                continue
             try:
-                room -= self.route(record)
+                room -= self.route(record, work)
             except Exception as error:  # noqa: BLE001 - kombu's errors when Redis refuses the enqueue
-                log.warning("enqueue failed: %s; retrying in %.0fs", type(error).__name__, RETRY_WAIT_S,
-                            extra={"event": "queue_unavailable"})
+                self.enqueue_failed(error)
                 self.hold(tp, record.offset)
                 held.add(tp)
                 room = 0
-                self._retry_after = time.monotonic() + RETRY_WAIT_S
+        self.flush(outbox, held)
         self.safe_offsets = self.tracker.positions()
 
     def hold(self, tp: TopicPartition, offset: int) -> None:
@@ -302,46 +322,74 @@ class Bridge:
         except KafkaUnavailable as error:  # revoked meanwhile: its new owner starts from the committed offset
             log.warning("seek %s:%d failed: %s", tp.topic, tp.partition, error, extra={"event": "seek_failed"})
 
-    def route(self, record: Record) -> int:
-        """Handle one record; returns the slots it now occupies in flight (0 or 1)."""
+    def enqueue_failed(self, error: Exception) -> None:
+        log.warning("enqueue failed: %s; retrying in %.0fs", type(error).__name__, RETRY_WAIT_S,
+                    extra={"event": "queue_unavailable"})
+        self._retry_after = time.monotonic() + RETRY_WAIT_S
+
+    def parse(self, record: Record) -> Claim | ClaimRejected | None:
+        """A claims-topic record as a Claim (or why it is rejected); None for the model topics."""
+        if record.topic != self.settings.kafka_topic_claims:
+            return None
+        try:
+            return parse_claim(record.value, record.headers)
+        except ClaimRejected as rejected:
+            return rejected
+
+    def expired(self, claim: Claim) -> bool:
+        return self.settings.enable_ttl and claim.deadline_ms is not None and claim.deadline_ms <= now_ms()
+
+    def flush(self, outbox: list[tuple[Record, Claim]], held: set[TopicPartition]) -> bool:
+        """Send the claims taken so far as one batch task; on failure seek each of their partitions back
+        to its first unsent claim. Empties `outbox` either way."""
+        if not outbox:
+            return True
+        try:
+            self.dispatcher.send_claims([(task_id(r.topic, r.partition, r.offset), claim) for r, claim in outbox])
+        except Exception as error:  # noqa: BLE001 - kombu's errors when Redis refuses the enqueue
+            self.enqueue_failed(error)
+            for record, _ in outbox:
+                if record.tp not in held:
+                    self.hold(record.tp, record.offset)  # the outbox is in poll order: the lowest offset
+                    held.add(record.tp)
+            outbox.clear()
+            return False
+        for record, claim in outbox:
+            self.started(record, claim)
+        outbox.clear()
+        return True
+
+    def route(self, record: Record, parsed: Claim | ClaimRejected | None) -> int:
+        """Handle one record that is not a claim to send; returns the slots it now occupies in flight."""
         settings = self.settings
-        if record.topic == settings.kafka_topic_model_selected:
+        if isinstance(parsed, ClaimRejected):
+            self.dead_letter(record, parsed.code, parsed.message)
+            return 1
+        if isinstance(parsed, Claim):  # expired before it was taken
+            metrics.BRIDGE_RECORDS.labels("expired").inc()
+            metrics.EXPIRED.labels("admission").inc()
+            log_event(log, "ttl_expired", source="bridge", key=parsed.claim_id)
+        elif record.topic == settings.kafka_topic_model_selected:
             metrics.BRIDGE_RECORDS.labels("model_selected").inc()
             self.models.selected(record.value)
         elif record.topic == settings.kafka_topic_model_training:
             metrics.BRIDGE_RECORDS.labels("model_training").inc()
             training = self.models.training(record.value)
             if training is not None:
-                return self.dispatch(record, training)
-        elif record.topic == settings.kafka_topic_claims:
-            return self.claim(record)
+                task = task_id(record.topic, record.partition, record.offset)
+                self.dispatcher.send(task, training)
+                self.started(record, training)
+                return 1
         self.tracker.skip(record.tp, record.offset)
         return 0
 
-    def claim(self, record: Record) -> int:
-        settings = self.settings
-        try:
-            claim = parse_claim(record.value, record.headers)
-        except ClaimRejected as rejected:
-            self.dead_letter(record, rejected.code, rejected.message)
-            return 1
-        if settings.enable_ttl and claim.deadline_ms is not None and claim.deadline_ms <= now_ms():
-            metrics.BRIDGE_RECORDS.labels("expired").inc()
-            metrics.EXPIRED.labels("admission").inc()
-            log_event(log, "ttl_expired", source="bridge", key=claim.claim_id)
-            self.tracker.skip(record.tp, record.offset)
-            return 0
-        return self.dispatch(record, claim)
-
-    def dispatch(self, record: Record, work: Claim | Training) -> int:
+    def started(self, record: Record, work: Claim | Training) -> None:
         task = task_id(record.topic, record.partition, record.offset)
-        self.dispatcher.send(task, work)
         self.tracker.start(record.tp, record.offset)
         self.in_flight[task] = InFlight(task, record, work)
         metrics.BRIDGE_RECORDS.labels("enqueued").inc()
         log_event(log, "queue_enqueued", depth=self.tracker.in_flight, bounded=True, maxsize=self.settings.queue_maxsize,
                   task_id=task, claim_id=work.claim_id)
-        return 1
 
     def dead_letter(self, record: Record, code: str, message: str) -> None:
         assert self.dead_letters is not None
@@ -370,7 +418,10 @@ class Bridge:
                 self.dead_letter(entry.record, "task_failed", f"no result after {entry.attempts} attempts")
             else:
                 try:
-                    self.dispatcher.send(entry.task_id, entry.claim)
+                    if isinstance(entry.claim, Claim):
+                        self.dispatcher.send_claims([(entry.task_id, entry.claim)])
+                    else:
+                        self.dispatcher.send(entry.task_id, entry.claim)
                 except Exception as error:  # noqa: BLE001 - Redis away: try again at the next check
                     log.warning("re-enqueue failed: %s", type(error).__name__, extra={"event": "queue_unavailable"})
                     return

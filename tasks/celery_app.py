@@ -15,7 +15,7 @@ from tasks import queue_wait
 
 PREDICT_TASK = "tasks.predict"
 PREDICT_BATCH_TASK = "tasks.predict_batch"
-CLAIM_TASK = "tasks.score_claim"
+CLAIM_TASK = "tasks.score_claims"
 TRAIN_TASK = "tasks.train_candidate"
 
 # The longest a message may stay delivered-but-unacknowledged before Redis hands it to another worker.

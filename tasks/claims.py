@@ -5,8 +5,14 @@ against the served model's feature names, predicts all rows in one model call an
 
     BUCKET_LOGS: claims/<claim_id>.json   {"claim_id", "model_version", "rows", "predictions", "completed_at_ms"}
 
-Idempotent: the bridge gives each claim the task id `<topic>:<partition>:<offset>`, and a claim whose result
-object already exists is not computed again (a redelivery after a crash costs one stat call).
+The bridge sends claims in batches (`tasks.score_claims`, up to BATCH_SIZE claims per message): an object
+named by several claims of a batch is read and parsed once, and each claim's outcome is stored in the
+result backend under the claim's own task id, `<topic>:<partition>:<offset>`, where the bridge awaits it.
+Each claim keeps its deadline (an expired one is marked REVOKED, never run) and fails on its own.
+
+Idempotent: a redelivered claim (same task id) whose successful result is still stored is not computed
+again: one MGET per batch instead of a storage round trip per claim. A redelivery after the result
+expired (`result_expires`) computes it again and writes the same object.
 
 Errors: a missing object or wrong columns fail at once (permanent, `object_missing` / `schema_mismatch`);
 unreachable storage or a model not loaded yet is retried with exponential backoff, STORAGE_RETRIES
@@ -24,14 +30,17 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from celery import shared_task
+from celery import shared_task, states
+from celery.exceptions import TaskRevokedError
 
 from tasks.celery_app import CLAIM_TASK
 from tasks.deadline import DeadlineTask
-from tasks.errors import InvalidInput, ModelUnavailable, StorageUnavailable
+from tasks.errors import InferenceError, InvalidInput, ModelUnavailable, ObjectMissing, StorageUnavailable
 from tasks.inference import LoadedModel
 from tasks.logs import log_event, now_ms
-from tasks.runtime import worker_runtime
+from tasks.metrics import EXPIRED
+from tasks.results import store_many
+from tasks.runtime import WorkerRuntime, worker_runtime
 
 log = logging.getLogger(__name__)
 
@@ -84,31 +93,109 @@ def score(model: LoadedModel, rows: np.ndarray, task_id: str, claim_id: str) -> 
     return predictions
 
 
-@shared_task(bind=True, base=DeadlineTask, name=CLAIM_TASK, max_retries=STORAGE_RETRIES)
-def score_claim(self: DeadlineTask, claim_id: str, bucket: str, object_key: str,
-                model_version: str | None = None) -> dict[str, Any]:
+class ClaimsTask(DeadlineTask):
+    """A batch of claims. Each item's outcome is stored under the item's own task id, so a batch whose
+    message expires in the queue marks every item REVOKED (one by one, as the bridge awaits them)."""
+
+    abstract = True
+
+    def on_expired(self, request: Any, source: str) -> None:
+        # The message names its items in the `claim_items` header ([[task id, claim id], ...]): a message
+        # Celery drops from the queue is never decoded, so its arguments are not at hand.
+        items = [pair for pair in getattr(request, "claim_items", None) or () if len(pair) == 2]
+        for item_id, claim_id in items:
+            log_event(log, "ttl_expired", source=source, key=claim_id, task_id=item_id)
+        store_many(self.backend, [(item_id, states.REVOKED, TaskRevokedError("expired")) for item_id, _ in items])
+
+
+@shared_task(bind=True, base=ClaimsTask, name=CLAIM_TASK, max_retries=STORAGE_RETRIES, ignore_result=True)
+def score_claims(self: ClaimsTask, items: list[dict[str, Any]]) -> dict[str, int]:
+    """Score a batch of claims. `items`: [{"id": "<topic>:<partition>:<offset>", "claim_id", "bucket",
+    "object_key", "model_version"?, "deadline_ms"?}]. Every item gets its own result under its id:
+    SUCCESS, FAILURE with its error code, or REVOKED when its deadline passed; an object named by several
+    claims of the batch is read and parsed once. Transient failures (storage, model) retry the items they
+    hit, with backoff, STORAGE_RETRIES times."""
     runtime = worker_runtime(self.app.settings)
-    logs_bucket = runtime.settings.bucket_logs
-    task_id = self.request.id
+    live = _live(items, self.backend)
+    finished = _already_scored(runtime, self.backend, live)
+    todo = [item for item in live if item["id"] not in finished]
+    outcomes: list[tuple[str, str, Any]] = []
+    transient: list[dict[str, Any]] = []
+    error: InferenceError | None = None
     try:
-        if runtime.store.exists(logs_bucket, result_key(claim_id)):
-            log_event(log, "claim_already_scored", task_id=task_id, claim_id=claim_id)
-            return {"claim_id": claim_id, "computed": False}
         model = runtime.model.get()
-        rows = feature_matrix(runtime.store.get_bytes(bucket, object_key), model.info.feature_names)
-        predictions = score(model, rows, task_id, claim_id)
-        body = {"claim_id": claim_id, "model_version": model.version, "rows": len(predictions),
-                "predictions": predictions, "completed_at_ms": now_ms()}
-        runtime.store.put_bytes(logs_bucket, result_key(claim_id), json.dumps(body).encode(), "application/json")
-    except (StorageUnavailable, ModelUnavailable) as error:
+    except ModelUnavailable as unavailable:
+        transient, error = todo, unavailable
+    else:
+        matrices: dict[tuple[str, str], np.ndarray | InferenceError] = {}
+        for item in todo:
+            try:
+                outcomes.append((item["id"], states.SUCCESS, _score_one(runtime, model, item, matrices)))
+            except StorageUnavailable as unavailable:
+                transient.append(item)
+                error = unavailable
+            except InferenceError as failed:  # permanent: object missing, wrong columns
+                outcomes.append((item["id"], states.FAILURE, failed))
+    store_many(self.backend, outcomes)
+    if transient:
+        assert error is not None
         if self.request.retries >= STORAGE_RETRIES:
-            raise  # out of retries: the claim fails with the error's code
-        countdown = RETRY_BASE_S * 2 ** self.request.retries
-        log.warning("claim %s: %s; retry %d of %d in %.1fs", claim_id, error.code, self.request.retries + 1,
-                    STORAGE_RETRIES, countdown,
-                    extra={"event": "claim_retry", "task_id": task_id, "claim_id": claim_id})
-        raise self.retry(exc=error, countdown=countdown) from None
-    if model_version and model_version != model.version:
-        log_event(log, "claim_model_differs", task_id=task_id, claim_id=claim_id, requested=model_version,
+            store_many(self.backend, [(item["id"], states.FAILURE, error) for item in transient])
+        else:
+            countdown = RETRY_BASE_S * 2 ** self.request.retries
+            log.warning("%d claims: %s; retry %d of %d in %.1fs", len(transient), error.code, self.request.retries + 1,
+                        STORAGE_RETRIES, countdown,
+                        extra={"event": "claim_retry", "task_id": self.request.id,
+                               "claim_ids": [item["claim_id"] for item in transient][:20]})
+            raise self.retry(kwargs={"items": transient}, countdown=countdown, exc=error) from None
+    return {"claims": len(items), "computed": len(outcomes), "already_scored": len(finished)}
+
+
+def _live(items: list[dict[str, Any]], backend: Any) -> list[dict[str, Any]]:
+    """The items still within their deadline; the others are marked REVOKED and logged, never run."""
+    now = now_ms()
+    expired = [item for item in items if item.get("deadline_ms") is not None and item["deadline_ms"] <= now]
+    if expired:
+        EXPIRED.labels("worker").inc(len(expired))
+        for item in expired:
+            log_event(log, "ttl_expired", source="worker", key=item["claim_id"], task_id=item["id"])
+        store_many(backend, [(item["id"], states.REVOKED, TaskRevokedError("expired")) for item in expired])
+    return [item for item in items if not (item.get("deadline_ms") is not None and item["deadline_ms"] <= now)]
+
+
+def _already_scored(runtime: WorkerRuntime, backend: Any, items: list[dict[str, Any]]) -> set[str]:
+    """Items whose deterministic task id already holds a successful result: a redelivery after a crash
+    or a rebalance. One MGET for the batch; the result stays as it is."""
+    if not items:
+        return set()
+    stored: list[bytes | None] = runtime.redis.mget([backend.get_key_for_task(item["id"]) for item in items])  # type: ignore[assignment]
+    done = {item["id"] for item, raw in zip(items, stored, strict=True)
+            if raw is not None and backend.decode_result(raw)["status"] == states.SUCCESS}
+    for item in items:
+        if item["id"] in done:
+            log_event(log, "claim_already_scored", task_id=item["id"], claim_id=item["claim_id"])
+    return done
+
+
+def _score_one(runtime: WorkerRuntime, model: LoadedModel, item: dict[str, Any],
+               matrices: dict[tuple[str, str], np.ndarray | InferenceError]) -> dict[str, Any]:
+    source = (item["bucket"], item["object_key"])
+    if source not in matrices:
+        try:  # a storage outage is not remembered: the next claim on this object tries again
+            matrices[source] = feature_matrix(runtime.store.get_bytes(*source), model.info.feature_names)
+        except (InvalidInput, ObjectMissing) as permanent:
+            matrices[source] = permanent
+    rows = matrices[source]
+    if isinstance(rows, InferenceError):
+        raise rows
+    claim_id = item["claim_id"]
+    predictions = score(model, rows, item["id"], claim_id)
+    body = {"claim_id": claim_id, "model_version": model.version, "rows": len(predictions),
+            "predictions": predictions, "completed_at_ms": now_ms()}
+    runtime.store.put_bytes(runtime.settings.bucket_logs, result_key(claim_id), json.dumps(body).encode(),
+                            "application/json")
+    requested = item.get("model_version")
+    if requested and requested != model.version:
+        log_event(log, "claim_model_differs", task_id=item["id"], claim_id=claim_id, requested=requested,
                   served=model.version)
     return {"claim_id": claim_id, "computed": True, "rows": len(predictions), "model_version": model.version}

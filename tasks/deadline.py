@@ -39,9 +39,15 @@ class DeadlineTask(Task):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         expires = parse_expires(getattr(self.request, "expires", None))
         if expires is not None and expires <= datetime.now(UTC):
-            task_id = self.request.id
             EXPIRED.labels("worker").inc()
-            log_event(log, "ttl_expired", source="worker", key=kwargs.get("claim_id") or task_id, task_id=task_id)
-            self.backend.mark_as_revoked(task_id, reason="expired", request=self.request)
+            self.on_expired(self.request, "worker")
             raise Ignore()
         return super().__call__(*args, **kwargs)
+
+    def on_expired(self, request: Any, source: str) -> None:
+        """The task's deadline passed before it ran: log it, and mark it REVOKED (when Celery itself drops
+        an expired message, source "queue", it marks the task)."""
+        key = (request.kwargs or {}).get("claim_id") or request.id
+        log_event(log, "ttl_expired", source=source, key=key, task_id=request.id)
+        if source == "worker":
+            self.backend.mark_as_revoked(request.id, reason="expired", request=request)

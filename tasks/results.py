@@ -30,6 +30,24 @@ class ResultBackend(RedisBackend):
         return None
 
 
+def store_many(backend: RedisBackend, outcomes: Iterable[tuple[str, str, Any]]) -> None:
+    """Store several results, `(task id, state, result or exception)`, in one round trip: the items of a
+    batch task, each under its own id. A success overwrites; a failure or an expiry never overwrites a
+    result already stored (a duplicate run must not turn a success into a failure)."""
+    outcomes = list(outcomes)
+    if not outcomes:
+        return
+    done = backend.app.now().isoformat()
+    with backend.client.pipeline(transaction=False) as pipe:
+        for task_id, state, result in outcomes:
+            value = backend.prepare_exception(result) if state in states.EXCEPTION_STATES else result
+            meta = {"status": state, "result": value, "traceback": None, "children": [], "date_done": done,
+                    "task_id": task_id}
+            pipe.set(backend.get_key_for_task(task_id), backend.encode(meta), ex=backend.expires,
+                     nx=state != states.SUCCESS)
+        pipe.execute()
+
+
 @dataclass(frozen=True)
 class Outcome:
     task_id: str

@@ -21,6 +21,7 @@ from celery import signals
 
 from tasks import metrics, worker_metrics
 from tasks.celery_app import PREDICT_BATCH_TASK, InferenceCelery
+from tasks.deadline import DeadlineTask
 from tasks.heartbeat import Heartbeat
 from tasks.logs import configure_logging, log_event
 from tasks.queues import batch_received, record_completed
@@ -77,11 +78,13 @@ def install(app: InferenceCelery) -> None:
             _count(queue)
 
     @signals.task_revoked.connect(weak=False)
-    def _revoked(request: Any = None, expired: bool = False, **_: Any) -> None:
+    def _revoked(sender: Any = None, request: Any = None, expired: bool = False, **_: Any) -> None:
         if expired and request is not None:
             metrics.EXPIRED.labels("queue").inc()
-            key = (request.kwargs or {}).get("claim_id") or request.id
-            log_event(log, "ttl_expired", source="queue", key=key, task_id=request.id)
+            if isinstance(sender, DeadlineTask):
+                sender.on_expired(request, "queue")
+            else:
+                log_event(log, "ttl_expired", source="queue", key=request.id, task_id=request.id)
         queue = (getattr(request, "delivery_info", None) or {}).get("routing_key")
         if queue:
             _count(queue)

@@ -95,8 +95,10 @@ class ManagedProcess:
         return self.process.returncode
 
 
-def start_worker(env: dict[str, str], log_dir: Path, *extra: str, name: str = "worker") -> ManagedProcess:
-    args = [CELERY, "-A", "tasks", "worker", "--loglevel=INFO", "-E", f"--hostname={name}@%h", *extra]
+def start_worker(env: dict[str, str], log_dir: Path, *extra: str, name: str = "worker",
+                 prefix: list[str] | tuple[str, ...] = ()) -> ManagedProcess:
+    """A Celery worker node named `name@host`; `prefix` runs it under a wrapper (e.g. `nice -n 10`)."""
+    args = [*prefix, CELERY, "-A", "tasks", "worker", "--loglevel=INFO", "-E", f"--hostname={name}@%h", *extra]
     worker = ManagedProcess(name, args, env, log_dir).start()
     try:
         worker.wait_for_event("worker_ready", timeout_s=60)

@@ -10,8 +10,10 @@ publishes N valid claims at once, and measures:
 - results complete (one result object per claim), claims computed twice, committed offsets vs the ends;
 - interactive /predict latency (p50/p99) idle and while the burst drains.
 
-`--interactive-workers K` adds a worker that serves only the interactive lane (capacity reserved for
-/predict); `--label` names such a variant. Writes `run-maxsize<N>[-label].json` and
+By default the lanes are split as the README recommends: a worker node for the interactive lane
+(`--interactive-workers` processes) and one for the bulk lane (`--workers` processes) which, with the
+bridge, runs at nice `--bulk-nice`; `--lanes shared` runs one worker node for both. `--label` names a
+variant. Writes `run-maxsize<N>[-label].json` and
 `samples-maxsize<N>[-label].csv` to perf/results/<YYYY-MM-DD>-<hostname>-kafka-burst/ and regenerates
 `summary.md` there from every run in the folder.
 """
@@ -187,13 +189,18 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         logs = workdir / "logs"
         logs.mkdir(exist_ok=True)
         print("starting worker, bridge and API ...", flush=True)
-        worker = start_worker(env, logs)
-        processes.append(worker)
-        if args.interactive_workers:
-            # Capacity reserved for /predict: a worker on the interactive lane only.
+        nice = ["nice", "-n", str(args.bulk_nice)] if args.lanes == "split" and args.bulk_nice else []
+        if args.lanes == "split":
+            # The deployment README recommends: a worker node per lane, the bulk lane (its workers and the
+            # bridge) at a lower CPU priority, so that a burst of claims cannot queue /predict behind it.
+            worker = start_worker(env, logs, "-Q", settings.celery_batch_queue, name="bulk", prefix=nice)
+            processes.append(worker)
             processes.append(start_worker(env, logs, "-Q", settings.celery_queue,
                                           f"--concurrency={args.interactive_workers}", name="interactive"))
-        bridge = ManagedProcess("bridge", [PYTHON, "-m", "bridge"], env, logs).start()
+        else:
+            worker = start_worker(env, logs)
+            processes.append(worker)
+        bridge = ManagedProcess("bridge", [*nice, PYTHON, "-m", "bridge"], env, logs).start()
         processes.append(bridge)
         url = f"http://127.0.0.1:{metrics_port}"
         bridge.wait_for(lambda: _status(f"{url}/readyz") == 200, 60, "bridge /readyz")
@@ -234,7 +241,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         busy_predict = probe.latencies if probe is not None else []
         return {
             "claims": args.claims, "maxsize": args.maxsize, "workers": args.workers, "partitions": PARTITIONS,
-            "label": args.label, "interactive_workers": args.interactive_workers,
+            "label": args.label, "lanes": args.lanes, "bulk_nice": args.bulk_nice if args.lanes == "split" else 0,
+            "interactive_workers": args.interactive_workers if args.lanes == "split" else 0,
             "samples": len(sampler.rows),
             "sample_interval_ms_max": round(max((b[0] - a[0] for a, b in zip(sampler.rows, sampler.rows[1:],
                                                                                strict=False)), default=0) * 1000, 1),
@@ -311,7 +319,8 @@ def write_summary(out: Path) -> None:
         "| --- | " + " | ".join("---" for _ in runs) + " |",
     ]
     fields = [
-        ("claims", "claims published"), ("interactive_workers", "extra interactive-only worker processes"),
+        ("claims", "claims published"), ("lanes", "worker lanes"), ("bulk_nice", "bulk lane niceness"),
+        ("interactive_workers", "interactive-only worker processes"),
         ("samples", "in-flight samples"),
         ("sample_interval_ms_max", "longest gap between samples (ms)"),
         ("sample_gap_p99_ms", "p99 gap between samples (ms)"), ("gaps_over_100ms", "gaps over 100 ms"),
@@ -356,7 +365,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-s", type=float, default=900)
     parser.add_argument("--predict-samples", type=int, default=200, help="idle /predict requests")
     parser.add_argument("--no-api", dest="api", action="store_false", help="skip the /predict measurements")
-    parser.add_argument("--interactive-workers", type=int, default=0,
+    parser.add_argument("--lanes", choices=("split", "shared"), default="split",
+                        help="split: a worker node per lane (interactive: --interactive-workers processes; bulk: "
+                             "--workers processes, and the bridge, at nice --bulk-nice); shared: one worker node "
+                             "serving both lanes")
+    parser.add_argument("--bulk-nice", type=int, default=10, help="CPU niceness of the bulk lane when split")
+    parser.add_argument("--interactive-workers", type=int, default=1,
                         help="also run a worker on the interactive lane only, with this concurrency")
     parser.add_argument("--label", default="", help="suffix for this run's files and column")
     parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")

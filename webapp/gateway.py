@@ -4,6 +4,8 @@ collector, admission control and the promoted model's description."""
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import uuid
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -34,6 +36,10 @@ from webapp.errors import ApiError
 log = logging.getLogger(__name__)
 
 REDIS_RETRY_AFTER_S = 1
+# Admission's queue sample is shared by the request threads for this long (see `Gateway.sample_queue`);
+# a refresh in progress lets the others use one up to SAMPLE_STALE_S old rather than wait for it.
+SAMPLE_MAX_AGE_S = 0.005
+SAMPLE_STALE_S = 0.05
 
 
 def redis_unavailable() -> ApiError:
@@ -59,6 +65,13 @@ class Gateway:
         self.collector = ResultCollector(fast_redis(settings, 1.0), self.celery.backend)
         self.probe = QueueProbe(self.redis, settings.celery_queue)
         self.drain = DrainRate()
+        self.sample_max_age_s = SAMPLE_MAX_AGE_S
+        self._sample: QueueSample | None = None
+        self._sample_at = 0.0
+        self._sample_lock = threading.Lock()
+        self._refreshing = False
+        self._admitted = 0  # requests this process admitted, ever
+        self._admitted_at_sample = 0
         self.models = ModelStore(settings, ObjectStore(settings, timeout_s=2.0))
         self.catalog: PromotedModel[ModelInfo] = PromotedModel(
             # Verified like the workers verify it (checksum, loads, features agree), so /model never names
@@ -95,19 +108,41 @@ class Gateway:
         return self.catalog.current
 
     def sample_queue(self) -> QueueSample:
-        """Requests waiting (queue keys, batched items, rows not yet sent) and the drain counter: one
-        round trip. Raises 503 when Redis is unreachable."""
+        """Requests waiting (queue keys, batched items, rows not yet sent) and the drain counter, at most
+        one round trip. Raises 503 when Redis is unreachable.
+
+        A sample younger than `sample_max_age_s` serves every request thread, plus what this process
+        admitted since it was taken, so a busy API makes one round trip per few requests and still never
+        admits past the bound on its own account. While one thread refreshes a stale sample, the others
+        use the previous one (up to `SAMPLE_STALE_S` old) instead of waiting behind that round trip."""
+        now = time.monotonic()
+        with self._sample_lock:
+            last, age = self._sample, now - self._sample_at
+            if last is not None and (age < self.sample_max_age_s or (self._refreshing and age < SAMPLE_STALE_S)):
+                return QueueSample(last.depth + self._admitted - self._admitted_at_sample, last.completed, last.at)
+            self._refreshing = True
+            admitted = self._admitted
         try:
             sample = self.probe.sample()
         except redis.RedisError:
             ADMISSION.labels("unavailable").inc()
             raise redis_unavailable() from None
+        finally:
+            with self._sample_lock:
+                self._refreshing = False
         if self.batcher:
             sample = QueueSample(sample.depth + self.batcher.pending, sample.completed, sample.at)
+        with self._sample_lock:
+            self._sample, self._sample_at, self._admitted_at_sample = sample, now, admitted
         rate = self.drain.observe(sample)
         QUEUE_DEPTH.labels(self.settings.celery_queue).set(sample.depth)
         DRAIN_RATE.labels(self.settings.celery_queue).set(rate)
         return sample
+
+    def _accepted(self) -> None:
+        ADMISSION.labels("accepted").inc()
+        with self._sample_lock:
+            self._admitted += 1
 
     def check_bound(self, sample: QueueSample) -> None:
         """Raise 429, with a Retry-After from the queue length and the drain rate, at the bound."""
@@ -137,7 +172,7 @@ class Gateway:
             ADMISSION.labels("unavailable").inc()
             log.warning("enqueue failed: %s", type(error).__name__, extra={"event": "queue_unavailable"})
             raise redis_unavailable() from None
-        ADMISSION.labels("accepted").inc()
+        self._accepted()
         log_event(log, "queue_enqueued", depth=depth + 1, bounded=settings.use_bounded_queue,
                   maxsize=settings.queue_maxsize, task_id=result.id)
         future = self.collector.watch(result.id)
@@ -152,7 +187,7 @@ class Gateway:
         """One row through the micro-batcher; its own deadline, result and failure."""
         assert self.batcher is not None
         item_id = uuid.uuid4().hex
-        ADMISSION.labels("accepted").inc()
+        self._accepted()
         log_event(log, "queue_enqueued", depth=depth + 1, bounded=self.settings.use_bounded_queue,
                   maxsize=self.settings.queue_maxsize, key=item_id)
         future = self.batcher.submit(row, deadline_ms, item_id)

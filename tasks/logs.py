@@ -6,7 +6,10 @@ Every process calls `configure_logging(service, settings)` once; code logs event
 
 from __future__ import annotations
 
+import atexit
 import logging
+import logging.handlers
+import queue
 import sys
 import time
 from typing import Any
@@ -59,14 +62,17 @@ class _Text(logging.Formatter):
         return f"{base} {fields}".rstrip()
 
 
-def configure_logging(service: str, settings: Settings, level: int = logging.INFO) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(_ServiceFilter(service))
-    handler.addFilter(_NoPayloads())
-    if settings.log_format == "json":
-        handler.setFormatter(_JsonLines("%(service)s %(event)s %(message)s", reserved_attrs=list(_RESERVED - {"message"})))
-    else:
-        handler.setFormatter(_Text("%(asctime)s %(levelname)s %(service)s %(event)s %(message)s"))
+def configure_logging(service: str, settings: Settings, level: int = logging.INFO, *, background: bool = False) -> None:
+    """Log to stderr through the project's formatter. `background`: callers only enqueue their records
+    and one thread formats and writes them (the API's request threads otherwise contend for the
+    handler's lock and pay for JSON encoding and the write while holding it); flushed at exit."""
+    handler: logging.Handler = _stream_handler(service, settings)
+    if background:
+        records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        listener = logging.handlers.QueueListener(records, handler)
+        listener.start()
+        atexit.register(listener.stop)
+        handler = logging.handlers.QueueHandler(records)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -78,6 +84,17 @@ def configure_logging(service: str, settings: Settings, level: int = logging.INF
     logging.getLogger("celery.worker.strategy").setLevel(logging.WARNING)  # "Received task", per task
     for noisy in ("kafka", "urllib3", "botocore", "werkzeug"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _stream_handler(service: str, settings: Settings) -> logging.Handler:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_ServiceFilter(service))
+    handler.addFilter(_NoPayloads())
+    if settings.log_format == "json":
+        handler.setFormatter(_JsonLines("%(service)s %(event)s %(message)s", reserved_attrs=list(_RESERVED - {"message"})))
+    else:
+        handler.setFormatter(_Text("%(asctime)s %(levelname)s %(service)s %(event)s %(message)s"))
+    return handler
 
 
 def log_event(logger: logging.Logger, event: str, /, level: int = logging.INFO, **fields: Any) -> None:

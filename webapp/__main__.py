@@ -23,7 +23,7 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 def main() -> int:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     settings = load_settings()
-    configure_logging("webapp", settings)
+    configure_logging("webapp", settings, background=True)
     announce("webapp", settings)
     require_services(settings)
     app = create_app(settings)

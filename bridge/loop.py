@@ -36,7 +36,7 @@ from bridge.models import ModelRecords, Training
 from bridge.offsets import OffsetTracker
 from bridge.rebalance import Assigned, Rebalance, Revoked, labelled, names
 from settings import Settings
-from tasks import metrics
+from tasks import heartbeat, metrics
 from tasks.celery_app import create_celery
 from tasks.logs import log_event, now_ms
 from tasks.model_store import ModelStore
@@ -88,6 +88,10 @@ class Bridge:
         self._last_commit = 0.0
         self._last_overdue_check = 0.0
         self._retry_after = 0.0
+        self._redis_failed = False
+        self._redis_run_id = ""
+        self._workers_checked = 0.0
+        self._live_workers: set[bytes] = set()
         self.lag = LagMonitor(settings)
         metrics.initialise(metrics.BRIDGE, settings)
         metrics.BRIDGE_MAXSIZE.set(settings.queue_maxsize)
@@ -161,6 +165,7 @@ class Bridge:
             records = []
         self.handle_events()  # a rebalance during poll: apply it before taking records
         self.take(records, room)
+        self.watch_workers()
         self.resend_overdue()
         self.commit()
 
@@ -170,7 +175,11 @@ class Bridge:
             try:
                 self._queue_depth = self.probe.depth()
             except redis.RedisError:
-                pass  # the in-flight count alone still bounds the bridge
+                self._redis_failed = True  # the in-flight count alone still bounds the bridge
+            else:
+                if self._redis_failed:
+                    self._redis_failed = False
+                    self.check_redis_restart()
             self._queue_sampled = now
         in_flight = self.tracker.in_flight
         metrics.BRIDGE_IN_FLIGHT.set(in_flight)
@@ -397,6 +406,51 @@ class Bridge:
         self.dead_letters.send(record, code, message)
 
     # -- lost results ------------------------------------------------------------------------------
+
+    def check_redis_restart(self) -> None:
+        """Redis answers again: if it is a new server (its run id changed), the queued claims and their
+        results went with the old one's memory; send everything in flight again now."""
+        try:
+            run_id = self.redis_run_id()
+        except redis.RedisError:
+            self._redis_failed = True
+            return
+        if self._redis_run_id and run_id != self._redis_run_id:
+            self.resend_all("redis_restarted")
+        self._redis_run_id = run_id
+
+    def redis_run_id(self) -> str:
+        info: dict[str, Any] = self.redis.info("server")  # type: ignore[assignment]
+        return str(info.get("run_id", ""))
+
+    def watch_workers(self) -> None:
+        """A worker node whose heartbeat went stale died with the claims it held (acks late: their messages
+        come back only after the visibility timeout): send everything in flight again now. Claims already
+        finished are skipped by the workers; those still queued run once, their copies are skipped."""
+        now = time.monotonic()
+        if now - self._workers_checked < heartbeat.INTERVAL_S:
+            return
+        self._workers_checked = now
+        try:
+            if not self._redis_run_id:
+                self._redis_run_id = self.redis_run_id()
+            scores = dict(self.redis.zrange(heartbeat.WORKERS_KEY, 0, -1, withscores=True))  # type: ignore[arg-type]
+        except redis.RedisError:
+            return
+        fresh_after = time.time() - heartbeat.STALE_S
+        live = {node for node, score in scores.items() if score >= fresh_after}
+        lost = sorted(node.decode() for node in self._live_workers - live if node in scores)
+        self._live_workers = live
+        if lost:
+            log_event(log, "worker_lost", level=logging.WARNING, nodes=lost)
+            self.resend_all("worker_lost")
+
+    def resend_all(self, reason: str) -> None:
+        """Make every claim in flight overdue, so that this turn sends it again."""
+        for entry in self.in_flight.values():
+            entry.sent_at = float("-inf")
+        self._last_overdue_check = 0.0
+        log_event(log, "claims_resent", level=logging.WARNING, reason=reason, count=len(self.in_flight))
 
     def resend_overdue(self) -> None:
         """A result that never came (worker lost): send the claim again under the same task id."""

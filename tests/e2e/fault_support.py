@@ -14,40 +14,16 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
 from kafka import KafkaProducer
 
-from devtools.processes import PYTHON, ManagedProcess
+from devtools.processes import ManagedProcess
 from settings import Settings
 from tests.e2e.bridge_support import PARTITIONS, Message, computed_claims, read_all, results, wait_until
 
 T = TypeVar("T")
-
-# `python -m bridge`, with the result timeout after which a claim is sent again (bridge/dispatch.py
-# RESULT_TIMEOUT_S, 120 s, a constant the Bridge takes as a constructor argument) shortened so that the
-# re-send of lost work is seen within a test's budget. Everything else is the bridge's own main().
-_BRIDGE_RESENDING = (
-    "import functools, sys\n"
-    "import bridge.__main__ as entry\n"
-    "entry.Bridge = functools.partial(entry.Bridge, result_timeout_s=float(sys.argv[1]))\n"
-    "sys.exit(entry.main())\n"
-)
-
-
-def start_bridge_resending(env: dict[str, str], log_dir: Path, result_timeout_s: float,
-                           name: str = "bridge") -> ManagedProcess:
-    bridge = ManagedProcess(name, [PYTHON, "-c", _BRIDGE_RESENDING, str(result_timeout_s)], env, log_dir).start()
-    bridge.url = f"http://127.0.0.1:{env['BRIDGE_METRICS_PORT']}"
-    try:
-        bridge.wait_for(lambda: status_of("GET", f"{bridge.url}/readyz") == 200, 60, "/readyz 200")
-    except BaseException:
-        bridge.stop()
-        raise
-    return bridge
-
 
 def start_together(*starters: Callable[[], T]) -> list[T]:
     """Start processes in parallel (each starter waits for its own readiness); if one fails, stop the others."""

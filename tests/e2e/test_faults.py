@@ -58,7 +58,6 @@ from tests.e2e.fault_support import (
     publish_claims,
     random_row,
     settings_for,
-    start_bridge_resending,
     start_together,
     status_of,
     statuses,
@@ -68,9 +67,6 @@ from tests.e2e.fault_support import (
 pytestmark = pytest.mark.e2e
 
 OUTAGE_S = 10.0
-# The bridge re-sends a claim whose result has not come after this long (120 s in the product; see
-# fault_support.start_bridge_resending): short enough for the test, long above a claim's queueing here.
-RESULT_TIMEOUT_S = 10.0
 
 
 @pytest.fixture
@@ -167,12 +163,12 @@ def test_a_worker_killed_mid_task_loses_no_claim_and_no_caller_hangs(
     prefix, half, maxsize = f"kill-{uuid.uuid4().hex[:6]}", 48, 12
     env = bridge_env(module_env, kafka_service.address, maxsize=maxsize)
     topic, group, kafka = env["KAFKA_TOPIC_CLAIMS"], env["KAFKA_GROUP_ID"], kafka_service.address
-    # Given two worker nodes, an API and a bridge that re-sends a claim whose result is 10 s late
+    # Given two worker nodes, an API and a bridge
     node_a, node_b, api, bridge = start_together(
         lambda: start_worker(worker_env(env), log_dir, name="worker-a"),
         lambda: start_worker(worker_env(env), log_dir, name="worker-b"),
         lambda: start_api(env, log_dir, free_port()),
-        lambda: start_bridge_resending(env, log_dir, RESULT_TIMEOUT_S),
+        lambda: start_bridge(env, log_dir),
     )
     owned.extend([node_a, node_b, api, bridge])
     workers, watch = [node_a, node_b], [node_a, node_b, api, bridge]
@@ -219,13 +215,16 @@ def test_a_worker_killed_mid_task_loses_no_claim_and_no_caller_hangs(
         node_killed_to_done = time.time() - node_killed_at
     counted = check_load(load, {200, 504})
     requeued = {e["claim_id"] for e in bridge.events("claim_requeued") if e["ts"] >= node_killed_at}
+    lost_seen = [e for e in bridge.events("worker_lost") if e["ts"] >= node_killed_at]
+    assert lost_seen and node_name(victim) in lost_seen[0]["nodes"], "the bridge did not notice the node's loss"
     for claim in orphans:
         assert computed_after([survivor], claim, node_killed_at), f"{claim} did not run again on {survivor.name}"
         assert claim in requeued, f"{claim} was not re-sent by the bridge"
     book = ledger(settings, kafka, env["KAFKA_TOPIC_DLQ"], prefix, claim_ids, [bridge], workers)
     print(f"\n[worker SIGKILL] a pool process of {parent.name} killed on {child_claim}: given back and computed again by "
           f"{rerun_after_child}; {victim.name} killed holding {len(held)} claims, {len(orphans)} unfinished: re-sent by the "
-          f"bridge after {RESULT_TIMEOUT_S:g} s ({len(requeued)} re-sends) and run on {survivor.name}; every claim done "
+          f"bridge when its heartbeat went stale, {lost_seen[0]['ts'] - node_killed_at:.1f} s after the kill "
+          f"({len(requeued)} re-sends) and run on {survivor.name}; every claim done "
           f"{node_killed_to_done:.1f} s after the kill")
     print_load("[worker SIGKILL]", load)
     print(f"[worker SIGKILL] {book.line()}; runtime {time.monotonic() - started:.0f} s")
@@ -265,7 +264,7 @@ def test_redis_down_for_10s_is_a_fast_503_and_no_claim_is_lost(
     worker, api, bridge = start_together(
         lambda: start_worker(worker_env(env), log_dir),
         lambda: start_api(env, log_dir, free_port()),
-        lambda: start_bridge_resending(env, log_dir, RESULT_TIMEOUT_S),
+        lambda: start_bridge(env, log_dir),
     )
     owned.extend([worker, api, bridge])
     watch = [worker, api, bridge]
@@ -336,6 +335,8 @@ def test_redis_down_for_10s_is_a_fast_503_and_no_claim_is_lost(
     # Redis came back empty (no persistence): the claims it held were re-sent by the bridge, and every claim
     # has its result object
     assert requeued, "no claim was re-sent: nothing was lost with Redis?"
+    resent = [e for e in bridge_events if e.get("event") == "claims_resent" and e["ts"] > up_at]
+    assert resent and resent[0]["reason"] == "redis_restarted", "the bridge did not notice Redis restarted empty"
     assert book.completed == set(claim_ids), f"claims without a result: {sorted(set(claim_ids) - book.completed)[:10]}"
 
 

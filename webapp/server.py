@@ -5,8 +5,12 @@ when all of them wait on slow /predict calls a health probe would wait too. `Pro
 has `GET /healthz` answered by the I/O thread as soon as it is read (or, for a request that follows
 another on the same connection, by a thread of its own).
 
-Drain: the first SIGTERM (or SIGINT) stops accepting connections and turns /readyz to 503, lets the
-requests in flight finish and their responses flush, for at most DRAIN_TIMEOUT_S, then exits 0.
+Drain: the first SIGTERM (or SIGINT) accepts the connections the kernel has already completed, stops
+accepting more and turns /readyz to 503. Every request on an open connection is still answered, with
+`Connection: close`, and its connection is closed once the answer is flushed; a connection that stays idle
+for IDLE_GRACE_S is closed. The process exits 0 when no connection is left, or after DRAIN_TIMEOUT_S.
+Closing a connection only after answering it (never while a request may be arriving on it) is what keeps
+keep-alive clients from seeing a reset.
 """
 
 from __future__ import annotations
@@ -30,6 +34,10 @@ from tasks.logs import log_event
 log = logging.getLogger(__name__)
 
 FAST_PATHS = frozenset({"/healthz"})
+# While draining, a keep-alive connection with no request for this long is closed. A client that sends on
+# it within the grace is answered (and told to close); longer idle connections are the ordinary keep-alive
+# race that HTTP clients handle by reconnecting.
+IDLE_GRACE_S = 1.0
 
 
 class ProbeFirstDispatcher(ThreadedTaskDispatcher):
@@ -68,6 +76,13 @@ class QuietChannel(HTTPChannel):
     `handle_write()` will do; the task pulls the trigger when it ends, and the main loop flushes then."""
 
     serve_inline = False
+
+    def service(self) -> None:
+        if getattr(self.server, "draining", False) and self.requests:
+            # Answer, then close: waitress adds `Connection: close` and closes once the response is flushed,
+            # so the client opens its next request elsewhere instead of on a connection about to go.
+            self.requests[0].headers["CONNECTION"] = "close"
+        super().service()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -168,23 +183,54 @@ def serve(app: Any, settings: Settings, on_drain: Callable[[], None]) -> None:
         wasyncore.loop(timeout=0.2, map=server._map, count=1)
 
     on_drain()
+    server.draining = True
     log_event(log, "http_draining", in_flight=counted.count, timeout_s=settings.drain_timeout_s)
+    _accept_pending(server._map)
     _close_listeners(server._map)
+    started = time.time()  # wall clock, like waitress's `last_activity`
     deadline = time.monotonic() + settings.drain_timeout_s
-    while time.monotonic() < deadline and not (counted.count == 0 and dispatcher.idle and _flushed(server._map)):
+    while time.monotonic() < deadline:
+        _close_idle(server._map, since=started)
+        if not _channels(server._map) and dispatcher.idle:
+            break
         wasyncore.loop(timeout=0.05, map=server._map, count=1)
     left = counted.count
+    dispatcher.shutdown(cancel_pending=True, timeout=1)  # before the trigger goes, so no thread still pulls it
     for channel in list(server._map.values()):
         channel.close()
-    dispatcher.shutdown(cancel_pending=True, timeout=1)
     log_event(log, "http_stopped", unfinished=left)
 
 
+def _accept_pending(socket_map: dict[int, Any]) -> None:
+    """Take the connections the kernel has completed but waitress has not accepted yet: closing the
+    listener with them in its backlog would reset clients that already sent their request."""
+    for dispatcher in list(socket_map.values()):
+        if not getattr(dispatcher, "accepting", False):
+            continue
+        for _ in range(getattr(dispatcher.adj, "connection_limit", 1000)):
+            if not select.select([dispatcher.socket], [], [], 0)[0]:
+                break
+            dispatcher.handle_accept()
+
+
 def _close_listeners(socket_map: dict[int, Any]) -> None:
+    """Close the listening sockets only. waitress's `server.close()` also closes the trigger, the pipe its
+    request threads write to when a response is ready: they would then fail with EBADF, or, once the fd
+    number is reused by a new socket (a Redis connection), write into that socket."""
     for dispatcher in list(socket_map.values()):
         if getattr(dispatcher, "accepting", False):
-            dispatcher.close()
+            wasyncore.dispatcher.close(dispatcher)
 
 
-def _flushed(socket_map: dict[int, Any]) -> bool:
-    return all(getattr(channel, "total_outbufs_len", 0) == 0 for channel in socket_map.values())
+def _channels(socket_map: dict[int, Any]) -> list[HTTPChannel]:
+    return [channel for channel in socket_map.values() if isinstance(channel, HTTPChannel)]
+
+
+def _close_idle(socket_map: dict[int, Any], since: float) -> None:
+    """Close the connections with no request, no partial request and nothing to send, idle for IDLE_GRACE_S
+    (counted from `since`, the start of the drain, at the earliest)."""
+    now = time.time()
+    for channel in _channels(socket_map):
+        idle = not channel.requests and channel.request is None and not channel.total_outbufs_len
+        if idle and not channel.will_close and now - max(channel.last_activity, since) >= IDLE_GRACE_S:
+            channel.will_close = True  # closed by the main loop's next write pass, like waitress's own timeout

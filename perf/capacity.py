@@ -48,7 +48,7 @@ from perf.common import (
     stop_on_sigterm,
     write_csv,
 )
-from perf.http_bench import Run, measure_echo, warm_up
+from perf.http_bench import Run, echo_baseline, warm_up
 
 GOAL_P99_MS = 100.0
 GOAL_RATIO = 0.5
@@ -328,9 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     with Stack(raw / "logs", worker_processes=1, env=env) as stack:
         n_features = int(stack.model()["n_features"])
         warm_up(stack, n_features)
-        echo_args = argparse.Namespace(connections=args.connections, duration_s=args.echo_s, threads=args.threads,
-                                       warmup_s=min(2.0, args.echo_s / 4))
-        echo = measure_echo(echo_args, raw, n_features)
+        echo = echo_baseline(raw, n_features, args.echo_s, args.connections, args.threads)
         steps = search(args, raw, stack, n_features)
         stack_env = dict(stack.env)
     write_csv(out / "capacity_steps.csv",

@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import matplotlib
 
@@ -273,20 +273,36 @@ def log_events(path: Path, event: str, since_byte: int = 0) -> list[dict[str, An
     return found
 
 
+def scrape_metrics(url: str, timeout_s: float = 2.0) -> dict[str, float]:
+    """One scrape of Prometheus text at `url`, as {'name{label="value",...}': value} (labels sorted)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values = {}
+    for family in text_string_to_metric_families(requests.get(url, timeout=timeout_s).text):
+        for sample in family.samples:
+            labels = ",".join(f'{key}="{value}"' for key, value in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return values
+
+
 def log_size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
-class Sampler:
-    """Calls `read()` every `interval_s` in a background thread until stopped; keeps (seconds, value)."""
+T = TypeVar("T")
 
-    def __init__(self, read: Callable[[], float], interval_s: float = 0.2, limit: int = 100_000) -> None:
+
+class Sampler(Generic[T]):
+    """Calls `read()` every `interval_s` in a background thread until stopped; keeps (seconds, value).
+    A read that raises is skipped (the gap shows in the seconds)."""
+
+    def __init__(self, read: Callable[[], T], interval_s: float = 0.2, limit: int = 100_000) -> None:
         self.read, self.interval_s, self.limit = read, interval_s, limit
-        self.samples: list[tuple[float, float]] = []
+        self.samples: list[tuple[float, T]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="perf-sampler", daemon=True)
 
-    def __enter__(self) -> Sampler:
+    def __enter__(self) -> Sampler[T]:
         self.t0, self.t0_epoch = time.perf_counter(), time.time()
         self._thread.start()
         return self
@@ -298,11 +314,21 @@ class Sampler:
     def _run(self) -> None:
         while not self._stop.is_set() and len(self.samples) < self.limit:
             with contextlib.suppress(Exception):
-                self.samples.append((time.perf_counter() - self.t0, float(self.read())))
+                self.samples.append((time.perf_counter() - self.t0, self.read()))
             self._stop.wait(self.interval_s)
 
 
 # -- results folder and machine facts -----------------------------------------------------------
+
+
+def begin(scenario: str) -> tuple[dict[str, Any], Path, Path]:
+    """A scenario's start: SIGTERM unwinds like Ctrl-C, the machine's facts (load average now), an emptied results
+    folder and its raw/ subfolder."""
+    stop_on_sigterm()
+    info = machine_info()
+    out = results_dir(scenario)
+    print(f"{scenario}: results in {out}", flush=True)
+    return info, out, out / "raw"
 
 
 def host_label() -> str:
@@ -429,23 +455,30 @@ class Responses:
         return rows
 
 
-def run_client(mode: str, port: int, out: Path, log_dir: Path, *, timeout_s: float, args: Sequence[str] = ()) -> dict[str, Any]:
+def run_client(mode: str, port: int, out: Path, log_dir: Path, *, timeout_s: float, args: Sequence[str] = (),
+               status: Callable[[], str] = lambda: "") -> dict[str, Any]:
     """Run `python -m perf.loadgen MODE` to completion (bounded by `timeout_s`); its stats as a dict."""
     stats_path = out.with_suffix(".stats.json")
     with child([PYTHON, "-m", "perf.loadgen", mode, "--port", str(port), "--out", str(out), *args],
                log_dir / f"{out.stem}.client.log") as process:
-        started = time.monotonic()
-        while process.poll() is None:
-            waited = time.monotonic() - started
-            if waited > timeout_s:
-                raise StackError(f"load client {out.stem} still running after {timeout_s:g}s")
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(PROGRESS_EVERY_S)
-            if process.poll() is None:
-                print(f"  ... {out.stem}: {time.monotonic() - started:.0f} s", flush=True)
+        wait_child(process, f"load client {out.stem}", timeout_s, status)
     if process.returncode != 0:
         raise StackError(f"load client {out.stem} exited {process.returncode}: see {log_dir / (out.stem + '.client.log')}")
     return client_stats(log_dir / f"{out.stem}.client.log", stats_path)
+
+
+def wait_child(process: subprocess.Popen[bytes], name: str, timeout_s: float,
+               status: Callable[[], str] = lambda: "") -> None:
+    """Wait for `process` to exit, printing progress (and `status()`) every PROGRESS_EVERY_S; StackError after
+    `timeout_s`."""
+    started = time.monotonic()
+    while process.poll() is None:
+        if time.monotonic() - started > timeout_s:
+            raise StackError(f"{name} still running after {timeout_s:g}s")
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(PROGRESS_EVERY_S)
+        if process.poll() is None:
+            print(f"  ... {name}: {time.monotonic() - started:.0f} s {status()}".rstrip(), flush=True)
 
 
 def client_stats(log_path: Path, stats_path: Path) -> dict[str, Any]:

@@ -124,6 +124,14 @@ def measure_echo(args: argparse.Namespace, raw: Path, n_features: int) -> Run:
     return Run("echo (bare waitress)", Responses.read(raw / "echo.csv"), client, cores, args)
 
 
+def echo_baseline(raw: Path, n_features: int, seconds: float, connections: int = 64, threads: int = 16) -> Run:
+    """The echo baseline for another scenario: closed loop over `connections`, the first 2 s (at most a quarter)
+    left out."""
+    args = argparse.Namespace(connections=connections, duration_s=seconds, threads=threads,
+                              warmup_s=min(2.0, seconds / 4))
+    return measure_echo(args, raw, n_features)
+
+
 PROBES = {"healthz": ("/healthz, fresh connection", []), "healthz-keepalive": ("/healthz, keep-alive", ["--keepalive"])}
 
 

@@ -8,7 +8,10 @@ publishes N valid claims at once, and measures:
 - the drain rate: claims per second from the first publish until every offset is committed;
 - the bridge's resident memory, idle and at its peak during the burst;
 - results complete (one result object per claim), claims computed twice, committed offsets vs the ends;
-- interactive /predict latency (p50/p99) idle and while the burst drains.
+- interactive /predict latency (p50/p99) idle and while the burst drains;
+- for the plots (perf/kafka_plots.py): the bridge's committed offset, end offset and lag per partition from
+  the same scrapes, its consumer_paused/consumer_resumed log events, and the group's committed offsets as
+  polled while waiting for the drain.
 
 By default the lanes are split as the README recommends: a worker node for the interactive lane
 (`--interactive-workers` processes) and one for the bulk lane (`--workers` processes) which, with the
@@ -43,6 +46,7 @@ from kafka import KafkaAdminClient, KafkaProducer
 
 from devtools.processes import PYTHON, ROOT, ManagedProcess, start_api, start_worker
 from devtools.services import Service, free_port, start_kafka, start_redis, start_s3
+from perf.kafka_plots import burst_series, plot_inflight, plot_lag, write_series
 from settings import Settings
 from tasks.demo_model import FEATURES, SAMPLE_KEY, publish_demo
 from tasks.storage import ObjectStore
@@ -50,6 +54,8 @@ from tasks.storage import ObjectStore
 PARTITIONS = 4
 SAMPLE_INTERVAL_S = 0.05
 _GAUGE = re.compile(r"^(bridge_claims_in_flight|bridge_consumer_paused) (\S+)$", re.MULTILINE)
+_OFFSETS = re.compile(r"^bridge_(committed_offset|end_offset|consumer_lag)\{([^}]*)\} (\S+)$", re.MULTILINE)
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
 def results_dir(base: Path) -> Path:
@@ -59,15 +65,20 @@ def results_dir(base: Path) -> Path:
 
 
 class Sampler:
-    """Every SAMPLE_INTERVAL_S: the bridge's in-flight gauge, its paused flag and its RSS."""
+    """Every SAMPLE_INTERVAL_S: the bridge's in-flight gauge, its paused flag and its RSS; and, when they change,
+    its committed offset, end offset and lag per partition of `topic` (its LagMonitor refreshes them once a second)."""
 
-    def __init__(self, url: str, pid: int) -> None:
+    def __init__(self, url: str, pid: int, topic: str = "") -> None:
         self.url = url
+        self.topic = topic
         self.process = psutil.Process(pid)
         self.rows: list[tuple[float, float, float, float]] = []  # t, in_flight, paused, rss_mb
+        self.offsets: list[tuple[float, int, float, float, float]] = []  # t, partition, committed, end, lag
+        self._last_offsets: dict[int, tuple[float, float, float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.started = time.monotonic()
+        self.started_epoch = time.time()
 
     def start(self) -> Sampler:
         self._thread.start()
@@ -85,8 +96,22 @@ class Sampler:
             except (requests.RequestException, psutil.Error):
                 continue
             gauges = dict(_GAUGE.findall(text))
-            self.rows.append((round(time.monotonic() - self.started, 3), float(gauges.get("bridge_claims_in_flight", 0)),
+            t = round(time.monotonic() - self.started, 3)
+            self.rows.append((t, float(gauges.get("bridge_claims_in_flight", 0)),
                               float(gauges.get("bridge_consumer_paused", 0)), round(rss, 2)))
+            self._offsets(t, text)
+
+    def _offsets(self, t: float, text: str) -> None:
+        found: dict[int, dict[str, float]] = {}
+        for name, labels, value in _OFFSETS.findall(text):
+            label = dict(_LABEL.findall(labels))
+            if label.get("topic") == self.topic and label.get("partition", "").isdigit():
+                found.setdefault(int(label["partition"]), {})[name] = float(value)
+        for partition, values in sorted(found.items()):
+            row = (values.get("committed_offset", 0.0), values.get("end_offset", 0.0), values.get("consumer_lag", 0.0))
+            if self._last_offsets.get(partition) != row:
+                self._last_offsets[partition] = row
+                self.offsets.append((t, partition, *row))
 
 
 class PredictProbe:
@@ -210,7 +235,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         # Idle figures: memory of the ready bridge, and /predict latency with no burst.
         idle_rss = statistics.median(_rss_samples(bridge.pid, 10))
         idle_predict = PredictProbe(api.url).run_for(args.predict_samples) if api is not None else []
-        sampler = Sampler(url, bridge.pid).start()
+        sampler = Sampler(url, bridge.pid, topic).start()
         probe = PredictProbe(api.url).start() if api is not None else None
         admin = KafkaAdminClient(bootstrap_servers=kafka_service.address)
         print(f"publishing {args.claims} claims (QUEUE_MAXSIZE={args.maxsize}) ...", flush=True)
@@ -220,8 +245,10 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         published_s = time.monotonic() - started
         deadline = started + args.timeout_s
         final: dict[int, int] = {}
+        commits: list[tuple[float, dict[int, int]]] = []
         while time.monotonic() < deadline:
             final = committed(admin, group, topic)
+            commits.append((time.monotonic(), final))
             if final == ends:
                 break
             if not (bridge.alive() and worker.alive()):
@@ -264,6 +291,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "api_alive_at_end": api.alive() if api is not None else None,
             "api_log_tail": api.output()[-1500:] if api is not None and not api.alive() else "",
             "_rows": sampler.rows,
+            "_plots": burst_series(sampler, ends, commits, bridge, started),
         }
     finally:
         for process in reversed(processes):
@@ -289,11 +317,15 @@ def _rss_samples(pid: int, count: int) -> list[float]:
 
 def write(out: Path, result: dict[str, Any]) -> None:
     rows = result.pop("_rows")
+    series = result.pop("_plots")
     name = f"maxsize{result['maxsize']}" + (f"-{result['label']}" if result.get("label") else "")
     with open(out / f"samples-{name}.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["t_s", "in_flight", "paused", "rss_mb"])
         writer.writerows(rows)
+    write_series(out, name, series)
+    plot_inflight(out, name, rows, series, result["maxsize"])
+    plot_lag(out, name, series)
     (out / f"run-{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     write_summary(out)
 
@@ -340,7 +372,11 @@ def write_summary(out: Path) -> None:
     for key, label in fields:
         lines.append(f"| {label} | " + " | ".join(str(r.get(key)) for r in runs) + " |")
     lines += ["", "Per-run samples: `samples-maxsize<N>.csv` (t_s, in_flight, paused, rss_mb); figures: "
-              "`run-maxsize<N>.json`.", ""]
+              "`run-maxsize<N>.json`. Plots (perf/kafka_plots.py): `inflight-maxsize<N>.png` (in-flight against the "
+              "bound and thresholds, paused spans from the consumer_paused/consumer_resumed log events, and ten "
+              "seconds zoomed), `lag-maxsize<N>.png` (bridge_consumer_lag per partition as the bridge reports it, "
+              "and published minus committed from the producer's acknowledged offsets and the group's committed "
+              "offsets); their series in `lag-`, `published-committed-` and `flow-maxsize<N>.csv`.", ""]
     (out / "summary.md").write_text("\n".join(lines))
 
 
@@ -359,7 +395,8 @@ def sample_gaps(path: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="A burst of claims through the Kafka bridge.")
-    parser.add_argument("--claims", type=int, default=10_000)
+    parser.add_argument("--claims", type=int, default=None, help="claims published (default 10,000; --quick 2,000)")
+    parser.add_argument("--quick", action="store_true", help="2,000 claims (for `python -m perf --quick`)")
     parser.add_argument("--maxsize", type=int, default=40, help="QUEUE_MAXSIZE for the bridge")
     parser.add_argument("--workers", type=int, default=2, help="QUEUE_WORKERS of the one worker")
     parser.add_argument("--timeout-s", type=float, default=900)
@@ -375,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default="", help="suffix for this run's files and column")
     parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
     args = parser.parse_args(argv)
+    args.claims = args.claims or (2_000 if args.quick else 10_000)
     with tempfile.TemporaryDirectory(prefix="kafka-burst-") as tmp:
         result = run(args, Path(tmp))
     out = results_dir(args.out)

@@ -1,0 +1,102 @@
+"""Scenario `original`: the original validation profile, run with Locust against a stack of its own.
+
+`OriginalUser` (perf/locustfile.py, FastHttpUser): 200 users spawned at 50 a second for 60 s, each
+choosing its next task 0-100 ms after the previous answer: 80 % POST /predict, 10 % GET /healthz, 10 %
+GET /download_processed/demo/features.parquet. The stack: one Celery worker process with
+QUEUE_WORKERS=2 and the API with its defaults (HTTP_THREADS 16, micro-batching on, QUEUE_MAXSIZE 512).
+The bare-waitress echo baseline (`perf.loadgen`, closed loop over 64 connections, as in the `http`
+scenario) runs first on the same machine, for the throughput ratio.
+
+Goals: no failures, /predict p95 <= 50 ms, /healthz p99 <= 20 ms. The original system, same profile:
+/predict p95 4.4 s, 17 % of requests failed, /healthz median 11.6 s. A failure is what Locust counts
+as one: a 429 or 503 with the contract's error body and an integer Retry-After is load shedding and
+counts as a success (listed by status code all the same); any other status, a transport error or an
+invalid body fails. Figures cover the whole run, ramp-up included, as Locust reports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from perf.common import (
+    begin,
+    machine_markdown,
+    markdown_table,
+    ms,
+    verdict,
+)
+from perf.http_bench import Run
+from perf.locust_runs import (
+    LoadRun,
+    add_profile_options,
+    echo_ratio_text,
+    files_section,
+    plot_run,
+    profile_defaults,
+    profile_setup,
+    profile_stack,
+    run_locust,
+    run_section,
+    write_run_csvs,
+)
+
+PREDICT_P95_GOAL_MS = 50.0
+HEALTHZ_P99_GOAL_MS = 20.0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m perf --scenario original", description=__doc__.splitlines()[0])
+    add_profile_options(parser, run_time_s=60.0)
+    parser.add_argument("--users", type=int, default=200)
+    return profile_defaults(parser.parse_args(argv))
+
+
+def goals(run: LoadRun) -> list[list[Any]]:
+    total = sum(len(r) for r in run.endpoints.values())
+    failed = sum(len(run.failures(name)) for name in run.endpoints)
+    predict, healthz = run.stats("/predict"), run.stats("/healthz")
+    return [
+        ["no failures", "17 % of requests", f"{failed} of {total} ({100 * failed / max(total, 1):.1f} %)", verdict(failed, 0)],
+        [f"/predict p95 <= {PREDICT_P95_GOAL_MS:g} ms", "4.4 s", f"{ms(predict['p95'])} ms",
+         verdict(predict["p95"], PREDICT_P95_GOAL_MS)],
+        [f"/healthz p99 <= {HEALTHZ_P99_GOAL_MS:g} ms", "median 11.6 s",
+         f"p99 {ms(healthz['p99'])} ms (median {ms(healthz['p50'])} ms)", verdict(healthz["p99"], HEALTHZ_P99_GOAL_MS)],
+    ]
+
+
+def summary(info: dict[str, Any], args: argparse.Namespace, run: LoadRun, echo: Run, paths: list[Path]) -> str:
+    return "\n\n".join([
+        f"# original: the original validation profile with Locust ({info['date']})",
+        (__doc__ or "").split("\n\n", 1)[1].strip(),
+        profile_setup(args, run, str(args.users), echo),
+        "## Goals\n\n" + markdown_table(["goal", "original system", "this run", "verdict"], goals(run)),
+        "## Results\n\n" + run_section(run) + f"\n- {echo_ratio_text(run, echo)}.",
+        "Latency is Locust's: from sending the request to the last byte of the answer. Locust's own percentiles "
+        "(last column) are rounded; the others are exact, from every response. `cores used` is CPU time over wall "
+        "time (1.0 = one core busy); on 2 cores the client's share is taken from the server.",
+        "## Machine\n\n" + machine_markdown(info),
+        files_section(paths, [run]),
+    ]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    info, out, raw = begin("original")
+    with profile_stack(args, raw) as (stack, echo):
+        run = run_locust(stack, out, "original", f"original profile: {args.users} Locust users", "OriginalUser",
+                         users=args.users, spawn_rate=args.spawn_rate, run_time_s=args.run_time_s,
+                         extra=args.locust_extra)
+    write_run_csvs(out, run)
+    paths = plot_run(out, run, {"/predict": PREDICT_P95_GOAL_MS, "/healthz": HEALTHZ_P99_GOAL_MS})
+    (out / "summary.md").write_text(summary(info, args, run, echo, paths))
+    for goal, _, measured, met in goals(run):
+        print(f"original: {goal}: {measured}: {met.strip('*')}", flush=True)
+    print(f"original: {echo_ratio_text(run, echo)}; client cores {run.cores.get('client (Locust)')}; "
+          f"summary in {out / 'summary.md'}", flush=True)
+    return 1 if run.broken() else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -8,6 +8,7 @@ from settings import load_settings
 from tasks.logs import configure_logging
 from tasks.startup import announce, require_services
 from webapp import create_app
+from webapp.errors import shedder
 from webapp.server import serve
 
 log = logging.getLogger("webapp")
@@ -40,7 +41,7 @@ def main() -> int:
     def drain() -> None:
         gateway.draining = True
 
-    serve(app, settings, on_drain=drain)
+    serve(app, settings, on_drain=drain, shed=shedder(settings.queue_maxsize))
     gateway.close()
     return 0
 

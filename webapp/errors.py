@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from tasks.errors import InferenceError
+from tasks.logs import log_event
+from tasks.metrics import ADMISSION
+from webapp.server import SHED_KEY
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +33,27 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
     response.status_code = status
     response.headers.update(headers or {})
     return response
+
+
+def shedder(maxsize: int) -> Callable[..., Iterable[bytes]]:
+    """The WSGI answer for a request refused at the HTTP backlog bound (webapp/server.py): 429 with an
+    integer Retry-After, without Flask, from the server's I/O thread. Its verdict, (requests waiting,
+    Retry-After), is in the environ."""
+
+    def shed(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        waiting, retry_after = environ[SHED_KEY]
+        ADMISSION.labels("shed_full").inc()
+        log_event(log, "queue_job_rejected_full", depth=waiting, maxsize=maxsize, stage="http")
+        start_response("429 Too Many Requests", [("Content-Type", "application/json"),
+                                                 ("Content-Length", str(len(_SHED_BODY))),
+                                                 ("Retry-After", str(retry_after))])
+        return [_SHED_BODY]
+
+    return shed
+
+
+_SHED_BODY = json.dumps({"error": {"code": "queue_full",
+                                   "message": "Too many requests are waiting; retry later."}}).encode()
 
 
 def _snake(name: str) -> str:

@@ -26,14 +26,20 @@ from typing import Any
 from waitress import wasyncore
 from waitress.channel import HTTPChannel
 from waitress.server import create_server
-from waitress.task import ThreadedTaskDispatcher
+from waitress.task import ThreadedTaskDispatcher, WSGITask
 
 from settings import Settings
-from tasks.logs import log_event
+from tasks.logs import log_event, now_ms
+from tasks.queues import DrainRate, QueueSample, retry_after_s
 
 log = logging.getLogger(__name__)
 
-FAST_PATHS = frozenset({"/healthz"})
+FAST_PATHS = frozenset({"/healthz"})  # answered by the I/O thread
+PROBE_PATHS = frozenset({"/readyz", "/metrics"})  # answered by the probe thread, never shed
+# WSGI environ keys set by `MarkedTask`: when the request was read in full (epoch ms), and, for a request
+# refused at the backlog bound, (requests waiting, Retry-After seconds).
+ARRIVED_KEY = "inference.arrived_ms"
+SHED_KEY = "inference.shed"
 # While draining, a keep-alive connection with no request for this long is closed. A client that sends on
 # it within the grace is answered (and told to close); longer idle connections are the ordinary keep-alive
 # race that HTTP clients handle by reconnecting.
@@ -41,21 +47,52 @@ IDLE_GRACE_S = 1.0
 
 
 class ProbeFirstDispatcher(ThreadedTaskDispatcher):
-    def __init__(self, threads: int, fast_threads: int = 1) -> None:
+    """waitress's thread pool, with probes first and a bounded backlog.
+
+    Every request is stamped with its arrival (when it has been read in full) as it is handed over; its
+    deadline counts from then, not from when a thread takes it. `GET /healthz` is answered by the I/O
+    thread at once; the other probes (/readyz, /metrics) go to a thread of their own. Any other request
+    that finds `max_waiting` requests already waiting for a thread is answered 429 by the I/O thread
+    (`ShedTask`): each admitted /predict holds its thread until its result, so under overload this
+    backlog, not the Redis queue, is where requests wait, and without a bound it grows until deadlines
+    have passed for everything in it."""
+
+    def __init__(self, threads: int, fast_threads: int = 1, max_waiting: int = 0) -> None:
         super().__init__()
         self.set_thread_count(threads)
         self.fast = ThreadedTaskDispatcher()
         self.fast.set_thread_count(fast_threads)
+        self.max_waiting = max_waiting
+        self.counter: InFlight | None = None  # its `completed`: the backlog's drain rate
+        self.drain = DrainRate()
 
     def add_task(self, task: Any) -> None:
         requests = getattr(task, "requests", None)
-        if requests and requests[0].command == "GET" and requests[0].path in FAST_PATHS:
-            if isinstance(task, QuietChannel) and threading.current_thread() is threading.main_thread():
+        if not requests:
+            super().add_task(task)
+            return
+        request = requests[0]
+        if getattr(request, "arrived_ms", None) is None:
+            request.arrived_ms = now_ms()
+        inline = isinstance(task, QuietChannel) and threading.current_thread() is threading.main_thread()
+        if request.command == "GET" and request.path in FAST_PATHS:
+            if inline:
                 task.serve_inline = True  # answered by the I/O thread itself, right after it read the request
             else:
                 self.fast.add_task(task)
+        elif request.command == "GET" and request.path in PROBE_PATHS:
+            self.fast.add_task(task)
+        elif inline and self.max_waiting and len(self.queue) >= self.max_waiting:
+            request.shed = self.shed_answer(len(self.queue))
+            task.serve_inline = True
         else:
             super().add_task(task)
+
+    def shed_answer(self, waiting: int) -> tuple[int, int]:
+        """(requests waiting, Retry-After seconds: the backlog over the rate the pool finishes requests)."""
+        completed = self.counter.completed if self.counter else 0
+        rate = self.drain.observe(QueueSample(waiting, completed, time.monotonic()))
+        return waiting, retry_after_s(waiting - self.max_waiting + 1, rate)
 
     @property
     def idle(self) -> bool:
@@ -67,6 +104,23 @@ class ProbeFirstDispatcher(ThreadedTaskDispatcher):
         return super().shutdown(cancel_pending, timeout)
 
 
+class MarkedTask(WSGITask):
+    """waitress's WSGI task, passing the request's arrival time and its shedding verdict to the app."""
+
+    def get_environment(self) -> dict[str, Any]:
+        environ: dict[str, Any] = super().get_environment()
+        environ[ARRIVED_KEY] = getattr(self.request, "arrived_ms", None)
+        environ[SHED_KEY] = getattr(self.request, "shed", None)
+        return environ
+
+
+def _readable(sock: Any) -> bool:
+    """Whether a socket has data to read now (poll: select() fails on descriptors above 1023)."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 class QuietChannel(HTTPChannel):
     """waitress's channel, without a busy loop. `HTTPChannel.writable()` is true whenever output is buffered,
     but `handle_write()` sends nothing while the request's task still runs and less than `send_bytes` is
@@ -76,6 +130,7 @@ class QuietChannel(HTTPChannel):
     `handle_write()` will do; the task pulls the trigger when it ends, and the main loop flushes then."""
 
     serve_inline = False
+    task_class = MarkedTask
 
     def service(self) -> None:
         if getattr(self.server, "draining", False) and self.requests:
@@ -88,8 +143,7 @@ class QuietChannel(HTTPChannel):
         super().__init__(*args, **kwargs)
         # A new connection's first request usually arrives with it (a probe connects and sends at once):
         # read it now instead of one main-loop turn later, which under load is one more wait for the GIL.
-        readable, _, _ = select.select([self.socket], [], [], 0)
-        if readable:
+        if _readable(self.socket):
             self.handle_read()
 
     def handle_read(self) -> None:
@@ -111,16 +165,21 @@ class QuietChannel(HTTPChannel):
 class InFlight:
     """WSGI middleware counting requests from start until their response has been fully produced."""
 
-    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+    def __init__(self, app: Callable[..., Iterable[bytes]], shed: Callable[..., Iterable[bytes]] | None = None) -> None:
         self.app = app
+        self.shed = shed
         self.count = 0
+        self.completed = 0
         self._lock = threading.Lock()
 
     def _done(self) -> None:
         with self._lock:
             self.count -= 1
+            self.completed += 1
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get(SHED_KEY) and self.shed is not None:
+            return self.shed(environ, start_response)
         with self._lock:
             self.count += 1
         try:
@@ -148,10 +207,14 @@ class _Closing:
             self.on_close()
 
 
-def serve(app: Any, settings: Settings, on_drain: Callable[[], None]) -> None:
-    """Run the server in this (main) thread until SIGTERM/SIGINT, then drain and return."""
-    counted = InFlight(app)
-    dispatcher = ProbeFirstDispatcher(settings.http_threads)
+def serve(app: Any, settings: Settings, on_drain: Callable[[], None],
+          shed: Callable[..., Iterable[bytes]] | None = None) -> None:
+    """Run the server in this (main) thread until SIGTERM/SIGINT, then drain and return. `shed` answers
+    the requests refused at the backlog bound (QUEUE_MAXSIZE requests waiting for a thread)."""
+    counted = InFlight(app, shed)
+    dispatcher = ProbeFirstDispatcher(settings.http_threads,
+                                      max_waiting=settings.queue_maxsize if settings.use_bounded_queue and shed else 0)
+    dispatcher.counter = counted
     server = create_server(
         counted,
         host=settings.host,
@@ -166,6 +229,8 @@ def serve(app: Any, settings: Settings, on_drain: Callable[[], None]) -> None:
         # concurrent downloads within tens of MB of memory while staying ahead of a fast client.
         outbuf_high_watermark=4 * 1024 * 1024,
         ident="inference-api",
+        # poll(), not select(): select() fails on descriptors above 1023 and the connection limit is 1,000+.
+        asyncore_use_poll=True,
         _dispatcher=dispatcher,
     )
     server.channel_class = QuietChannel
@@ -180,7 +245,7 @@ def serve(app: Any, settings: Settings, on_drain: Callable[[], None]) -> None:
     signal.signal(signal.SIGINT, _stop)
     log_event(log, "http_listening", host=settings.host, port=server.effective_port, threads=settings.http_threads)
     while not stopping.is_set():
-        wasyncore.loop(timeout=0.2, map=server._map, count=1)
+        wasyncore.loop(timeout=0.2, map=server._map, use_poll=True, count=1)
 
     on_drain()
     server.draining = True
@@ -193,7 +258,7 @@ def serve(app: Any, settings: Settings, on_drain: Callable[[], None]) -> None:
         _close_idle(server._map, since=started)
         if not _channels(server._map) and dispatcher.idle:
             break
-        wasyncore.loop(timeout=0.05, map=server._map, count=1)
+        wasyncore.loop(timeout=0.05, map=server._map, use_poll=True, count=1)
     left = counted.count
     dispatcher.shutdown(cancel_pending=True, timeout=1)  # before the trigger goes, so no thread still pulls it
     for channel in list(server._map.values()):
@@ -208,7 +273,7 @@ def _accept_pending(socket_map: dict[int, Any]) -> None:
         if not getattr(dispatcher, "accepting", False):
             continue
         for _ in range(getattr(dispatcher.adj, "connection_limit", 1000)):
-            if not select.select([dispatcher.socket], [], [], 0)[0]:
+            if not _readable(dispatcher.socket):
                 break
             dispatcher.handle_accept()
 

@@ -16,6 +16,7 @@ from webapp.errors import ApiError
 from webapp.gateway import Gateway
 from webapp.openapi import openapi_document
 from webapp.parsing import parse_deadline, parse_json, parse_predict
+from webapp.server import ARRIVED_KEY
 
 api = Blueprint("api", __name__)
 log = logging.getLogger(__name__)
@@ -33,7 +34,8 @@ def model_unavailable() -> ApiError:
 def predict() -> Response:
     gw = gateway()
     settings = gw.settings
-    now = now_ms()
+    # Deadlines count from when the request was read, not from when a thread took it from the backlog.
+    now = request.environ.get(ARRIVED_KEY) or now_ms()
     # 1. Body and headers: 415, 413, 400. Nothing has touched Redis yet.
     if request.mimetype != "application/json" and not request.mimetype.endswith("+json"):
         ADMISSION.labels("invalid").inc()

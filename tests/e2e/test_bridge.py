@@ -87,7 +87,7 @@ def test_expired_claims_are_skipped_and_generous_ones_computed(module_env: dict[
         response = requests.post(f"{api.url}/publish_inference_claims", headers={"Authorization": "Bearer tkn"},
                                  json={"count": 60, "ttl_ms": 1, "object_key": SAMPLE_KEY}, timeout=30)
         assert response.status_code == 202 and response.json() == {"published": 60, "topic": topic}
-        assert api.events("publish_claims_ok")[-1]["count"] == 60
+        assert api.wait_for_event("publish_claims_ok", 10)[-1]["count"] == 60
         # Then all are logged ttl_expired by the bridge, and their offsets are committed
         expired = lambda: {e["key"] for e in bridge.events("ttl_expired")}  # noqa: E731
         wait_until(lambda: len(expired()) == 60, 30, "60 ttl_expired", [bridge])

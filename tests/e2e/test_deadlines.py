@@ -90,10 +90,51 @@ def test_a_full_queue_sheds_with_429_and_a_retry_after(idle_api: ManagedProcess,
     assert [r.status_code for r in responses] == [429] * 20
     assert all(r.json()["error"]["code"] == "queue_full" and r.headers["Retry-After"].isdigit() for r in responses)
     assert all(r.elapsed.total_seconds() < 0.5 for r in responses)
-    rejected = idle_api.events("queue_job_rejected_full")
+    rejected = idle_api.wait_for_event("queue_job_rejected_full", 10, count=20)
     assert len(rejected) == 20 and all(e["depth"] >= 3 and e["maxsize"] == 3 for e in rejected)
     for thread in fillers:
         thread.join(10)
+
+
+def test_requests_beyond_the_backlog_bound_get_429_and_the_wait_counts_against_their_deadline(
+    module_env: dict[str, str], module_redis: redis.Redis, log_dir: Path, demo_model: str
+) -> None:
+    # Given an API with 2 request threads, a bound of 4 and no worker: each admitted request holds its
+    # thread until its deadline, so further requests wait for a thread in the server's backlog
+    module_redis.flushdb()
+    server = start_api({**module_env, "QUEUE_MAXSIZE": "4", "HTTP_THREADS": "2"}, log_dir, free_port(), ready=False)
+    try:
+        server.wait_for(lambda: bool(server.events("model_discovered")), 30, "the promoted model")
+        answers: list[tuple[int, float, str]] = []
+        lock = threading.Lock()
+
+        def call() -> None:
+            started = time.monotonic()
+            response = post(server.url, 1500)
+            with lock:
+                answers.append((response.status_code, time.monotonic() - started, response.text))
+
+        # When 12 requests with a 1.5 s deadline arrive at once
+        callers = [threading.Thread(target=call) for _ in range(12)]
+        for thread in callers:
+            thread.start()
+        for thread in callers:
+            thread.join(10)
+        # Then 2 hold the threads, at most 4 wait in the backlog (fewer if a thread had not yet taken its
+        # request when the others arrived), and the rest are refused at once with 429
+        statuses = sorted(status for status, _, _ in answers)
+        assert len(answers) == 12 and 6 <= statuses.count(429) <= 8, statuses
+        shed = [(elapsed, json.loads(text)) for status, elapsed, text in answers if status == 429]
+        assert all(body["error"]["code"] == "queue_full" for _, body in shed)
+        assert max(elapsed for elapsed, _ in shed) < 0.5
+        # And the ones that waited get their 504 by their deadline, counted from arrival: the two that ran
+        # first at 1.5 s, the four behind them when a thread frees up, already past it, without being run
+        late = [elapsed for status, elapsed, _ in answers if status == 504]
+        assert len(late) == 12 - statuses.count(429) and max(late) < 2.0, late
+        rejected = server.wait_for_event("queue_job_rejected_full", 10, count=statuses.count(429))
+        assert all(e["stage"] == "http" and e["maxsize"] == 4 for e in rejected)
+    finally:
+        server.stop()
 
 
 def test_an_unreachable_redis_is_a_fast_503_and_the_api_recovers(

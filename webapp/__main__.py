@@ -9,6 +9,7 @@ from tasks.logs import configure_logging
 from tasks.startup import announce, require_services
 from webapp import create_app
 from webapp.errors import shedder
+from webapp.parsing import backlog_deadline
 from webapp.server import serve
 
 log = logging.getLogger("webapp")
@@ -41,7 +42,8 @@ def main() -> int:
     def drain() -> None:
         gateway.draining = True
 
-    serve(app, settings, on_drain=drain, shed=shedder(settings.queue_maxsize))
+    serve(app, settings, on_drain=drain, shed=shedder(settings.queue_maxsize),
+          deadline_of=backlog_deadline(settings.admission_ttl_ms, int(settings.inference_timeout * 1000)))
     gateway.close()
     return 0
 

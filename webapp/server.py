@@ -39,6 +39,9 @@ PROBE_PATHS = frozenset({"/readyz", "/metrics"})  # answered by the probe thread
 # WSGI environ keys set by `MarkedTask`: when the request was read in full (epoch ms), and, for a request
 # refused at the backlog bound, (requests waiting, Retry-After seconds).
 ARRIVED_KEY = "inference.arrived_ms"
+# A request is refused when it would spend more than this share of its deadline waiting for a thread:
+# the rest is for the queue, the worker and the answer.
+QUEUE_WAIT_SHARE = 0.5
 SHED_KEY = "inference.shed"
 # While draining, a keep-alive connection with no request for this long is closed. A client that sends on
 # it within the grace is answered (and told to close); longer idle connections are the ordinary keep-alive
@@ -65,6 +68,7 @@ class ProbeFirstDispatcher(ThreadedTaskDispatcher):
         self.max_waiting = max_waiting
         self.counter: InFlight | None = None  # its `completed`: the backlog's drain rate
         self.drain = DrainRate()
+        self.deadline_of: Callable[[dict[str, str], int], int] | None = None
 
     def add_task(self, task: Any) -> None:
         requests = getattr(task, "requests", None)
@@ -82,17 +86,31 @@ class ProbeFirstDispatcher(ThreadedTaskDispatcher):
                 self.fast.add_task(task)
         elif request.command == "GET" and request.path in PROBE_PATHS:
             self.fast.add_task(task)
-        elif inline and self.max_waiting and len(self.queue) >= self.max_waiting:
-            request.shed = self.shed_answer(len(self.queue))
-            task.serve_inline = True
         else:
-            super().add_task(task)
+            waiting = len(self.queue)
+            if self.counter is not None:
+                self.drain.observe(QueueSample(waiting, self.counter.completed, time.monotonic()))
+            if inline and self.max_waiting and (waiting >= self.max_waiting or self.too_late(request, waiting)):
+                request.shed = self.shed_answer(waiting)
+                task.serve_inline = True
+            else:
+                super().add_task(task)
+
+    def too_late(self, request: Any, waiting: int) -> bool:
+        """Whether, at the pace the threads finish requests, this one would wait for a thread longer than
+        QUEUE_WAIT_SHARE of its deadline: refused now rather than run late (or answered 504 after the wait)."""
+        rate = self.drain.rate
+        if self.deadline_of is None or waiting < len(self.threads) or rate <= 0:
+            return False
+        try:
+            budget_ms = self.deadline_of(request.headers, request.arrived_ms) - request.arrived_ms
+        except Exception:  # noqa: BLE001 - a malformed deadline header: the view answers it 400
+            return False
+        return waiting / rate * 1000 > budget_ms * QUEUE_WAIT_SHARE
 
     def shed_answer(self, waiting: int) -> tuple[int, int]:
         """(requests waiting, Retry-After seconds: the backlog over the rate the pool finishes requests)."""
-        completed = self.counter.completed if self.counter else 0
-        rate = self.drain.observe(QueueSample(waiting, completed, time.monotonic()))
-        return waiting, retry_after_s(waiting - self.max_waiting + 1, rate)
+        return waiting, retry_after_s(max(1, waiting - self.max_waiting + 1), self.drain.rate)
 
     @property
     def idle(self) -> bool:
@@ -208,13 +226,16 @@ class _Closing:
 
 
 def serve(app: Any, settings: Settings, on_drain: Callable[[], None],
-          shed: Callable[..., Iterable[bytes]] | None = None) -> None:
+          shed: Callable[..., Iterable[bytes]] | None = None,
+          deadline_of: Callable[[dict[str, str], int], int] | None = None) -> None:
     """Run the server in this (main) thread until SIGTERM/SIGINT, then drain and return. `shed` answers
-    the requests refused at the backlog bound (QUEUE_MAXSIZE requests waiting for a thread)."""
+    the requests refused in the backlog (QUEUE_MAXSIZE requests waiting for a thread, or a wait longer
+    than QUEUE_WAIT_SHARE of the request's deadline, which `deadline_of` computes)."""
     counted = InFlight(app, shed)
     dispatcher = ProbeFirstDispatcher(settings.http_threads,
                                       max_waiting=settings.queue_maxsize if settings.use_bounded_queue and shed else 0)
     dispatcher.counter = counted
+    dispatcher.deadline_of = deadline_of
     server = create_server(
         counted,
         host=settings.host,

@@ -243,8 +243,9 @@ def where_the_backlog_was(run: LoadRun, v: Verdicts, threads: int, connections: 
               "and waiting for a connection, on the clock" if waiting > connections else "")
     return (f"\n\nThe client waited for up to {waiting:.0f} answers at once{unsent}. The Redis queue never held more "
             f"than {in_redis:.0f}: the requests sent were mostly inside the API, waiting for one of its {threads} request "
-            "threads (each admitted /predict holds one until its answer), where QUEUE_MAXSIZE does not count them and "
-            "their deadline has not started" + (", and where nothing was shed." if not v.shed["count"] else "."))
+            "threads (each admitted /predict holds one until its answer). That backlog is bounded: a request that "
+            "finds QUEUE_MAXSIZE others waiting, or would wait longer than half its deadline, is answered 429 by "
+            "the server's I/O thread" + (", yet nothing was shed." if not v.shed["count"] else "."))
 
 
 def capacity_section(steps: list[capacity.Step], saturated: Run | None) -> str:
@@ -285,9 +286,9 @@ def summary(info: dict[str, Any], args: argparse.Namespace, run: LoadRun, v: Ver
         "## Results\n\n" + run_section(run) + where_the_backlog_was(run, v, args.threads, args.pool if client else
                                                                     math.ceil((run.offered_per_s or 0) / args.user_rate)),
         "Latency with `perf.loadgen` is from each request's due time (the client's own lateness, shown above, "
-        "counts against the API); with Locust from when the request was sent. The API starts a request's "
-        "deadline when a request thread reads it, so time spent waiting for a thread is not in its deadline "
-        "but is in the client's latency. Goodput is the valid 200s within the deadline over the time from the "
+        "counts against the API); with Locust from when the request was sent. The API counts a request's "
+        "deadline from when it was read in full, so time spent waiting for a thread is in its deadline; the "
+        "client's own lateness is not. Goodput is the valid 200s within the deadline over the time from the "
         f"first request to the last answer ({v.span_s:.1f} s).",
         capacity_section(steps, saturated),
         "## Machine\n\n" + machine_markdown(info),

@@ -124,6 +124,22 @@ class GroupConsumer:
         if slot is not None and not slot and getattr(fetcher, "_paused_partition_records", None):
             fetcher._next_partition_records = None  # type: ignore[union-attr]
 
+    def forget_fetched(self, partitions: set[TopicPartition]) -> None:
+        """Drop what kafka-python's fetcher parked for these partitions while they were paused (KAFKA-7548
+        port): after a revoke or a new assignment their position comes from the committed offset again,
+        and a parked batch from before keeps the partition out of every fetch until it is put back, which
+        the fetcher does only when its in-line slot is free and nothing is paused at that moment (seen: a
+        partition taken over mid-pause never fetched again). Dropped records are fetched again from the
+        position. Guarded like `_release_parked`."""
+        fetcher = getattr(self.consumer, "_fetcher", None)
+        parked = getattr(fetcher, "_paused_partition_records", None)
+        completions = getattr(fetcher, "_paused_completed_fetches", None)
+        for tp in partitions:
+            if isinstance(parked, dict) and (records := parked.pop(tp, None)) is not None:
+                records.drain()
+            if isinstance(completions, dict):
+                completions.pop(tp, None)
+
     def assignment(self) -> set[TopicPartition]:
         return set(self.consumer.assignment())
 

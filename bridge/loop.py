@@ -224,6 +224,8 @@ class Bridge:
             del self.in_flight[task]
         self.dispatcher.forget(dropped)
         self.tracker.drop(partitions)
+        if self.consumer is not None:
+            self.consumer.forget_fetched(partitions)
         self.assigned -= partitions
         self.lag.watch(self.assigned)
         metrics.BRIDGE_ASSIGNED.set(len(self.assigned))
@@ -233,6 +235,7 @@ class Bridge:
 
     def on_assigned(self, partitions: set[TopicPartition]) -> None:
         assert self.consumer is not None
+        self.consumer.forget_fetched(partitions)
         self.assigned |= partitions
         self.lag.watch(self.assigned)
         metrics.BRIDGE_ASSIGNED.set(len(self.assigned))

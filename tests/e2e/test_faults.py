@@ -89,6 +89,17 @@ def worker_env(env: dict[str, str]) -> dict[str, str]:
     return {**env, "WORKER_METRICS_PORT": str(free_port())}
 
 
+def start_stack(env: dict[str, str], log_dir: Path, owned: list[Any]) -> tuple[ManagedProcess, ...]:
+    """A worker node, an API and a bridge on `env`, started in parallel, stopped after the test."""
+    started = start_together(
+        lambda: start_worker(worker_env(env), log_dir),
+        lambda: start_api(env, log_dir, free_port()),
+        lambda: start_bridge(env, log_dir),
+    )
+    owned.extend(started)
+    return tuple(started)
+
+
 def node_name(worker: ManagedProcess) -> str:
     return str(worker.events("worker_ready")[0]["node"])
 
@@ -261,12 +272,7 @@ def test_redis_down_for_10s_is_a_fast_503_and_no_claim_is_lost(
     settings = settings_for(redis_url=env["REDIS_URL"], s3_endpoint=env["S3_ENDPOINT"])
     topic, group = env["KAFKA_TOPIC_CLAIMS"], env["KAFKA_GROUP_ID"]
     # Given an API, a worker and a bridge on a Redis of their own (no persistence: a restart empties it)
-    worker, api, bridge = start_together(
-        lambda: start_worker(worker_env(env), log_dir),
-        lambda: start_api(env, log_dir, free_port()),
-        lambda: start_bridge(env, log_dir),
-    )
-    owned.extend([worker, api, bridge])
+    worker, api, bridge = start_stack(env, log_dir, owned)
     watch = [worker, api, bridge]
     probes: list[Call] = []
     session = requests.Session()
@@ -410,12 +416,7 @@ def test_kafka_broker_restart_loses_nothing_and_commits_nothing_early(
     env = bridge_env(module_env, kafka, maxsize=40)
     topic, group = env["KAFKA_TOPIC_CLAIMS"], env["KAFKA_GROUP_ID"]
     # And an API, a worker and a bridge
-    worker, api, bridge = start_together(
-        lambda: start_worker(worker_env(env), log_dir),
-        lambda: start_api(env, log_dir, free_port()),
-        lambda: start_bridge(env, log_dir),
-    )
-    owned.extend([worker, api, bridge])
+    worker, api, bridge = start_stack(env, log_dir, owned)
     watch = [worker, api, bridge]
     claims = valid_claims(prefix, count, settings.bucket_processed, SAMPLE_KEY)
     with PredictLoad(api.url, threads=4, rate_per_thread=4, timeout_ms=3000, margin_s=2.0) as load:
@@ -483,12 +484,7 @@ def test_storage_unreachable_for_10s_claims_retry_or_dead_letter_and_downloads_5
     env = bridge_env({**module_env, "S3_ENDPOINT": proxy.address}, kafka, maxsize=40)
     topic, group = env["KAFKA_TOPIC_CLAIMS"], env["KAFKA_GROUP_ID"]
     # And an API, a worker and a bridge using it
-    worker, api, bridge = start_together(
-        lambda: start_worker(worker_env(env), log_dir),
-        lambda: start_api(env, log_dir, free_port()),
-        lambda: start_bridge(env, log_dir),
-    )
-    owned.extend([worker, api, bridge])
+    worker, api, bridge = start_stack(env, log_dir, owned)
     watch = [worker, api, bridge]
     downloads: list[Call] = []
     session = requests.Session()

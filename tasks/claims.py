@@ -105,10 +105,15 @@ class ClaimsTask(DeadlineTask):
     def on_expired(self, request: Any, source: str) -> None:
         # The message names its items in the `claim_items` header ([[task id, claim id], ...]): a message
         # Celery drops from the queue is never decoded, so its arguments are not at hand.
-        items = [pair for pair in getattr(request, "claim_items", None) or () if len(pair) == 2]
-        for item_id, claim_id in items:
-            log_event(log, "ttl_expired", source=source, key=claim_id, task_id=item_id)
-        store_many(self.backend, [(item_id, states.REVOKED, TaskRevokedError("expired")) for item_id, _ in items])
+        expire(self.backend, [pair for pair in getattr(request, "claim_items", None) or () if len(pair) == 2], source)
+
+
+def expire(backend: Any, items: list[tuple[str, str]], source: str) -> None:
+    """Claims whose deadline passed, `(task id, claim id)`: logged `ttl_expired` and stored REVOKED
+    under their own task ids, where the bridge awaits them."""
+    for item_id, claim_id in items:
+        log_event(log, "ttl_expired", source=source, key=claim_id, task_id=item_id)
+    store_many(backend, [(item_id, states.REVOKED, TaskRevokedError("expired")) for item_id, _ in items])
 
 
 @shared_task(bind=True, base=ClaimsTask, name=CLAIM_TASK, max_retries=STORAGE_RETRIES, ignore_result=True)
@@ -171,13 +176,14 @@ def score_claims(self: ClaimsTask, items: list[dict[str, Any]]) -> dict[str, int
 def _live(items: list[dict[str, Any]], backend: Any) -> list[dict[str, Any]]:
     """The items still within their deadline; the others are marked REVOKED and logged, never run."""
     now = now_ms()
-    expired = [item for item in items if item.get("deadline_ms") is not None and item["deadline_ms"] <= now]
+    live: list[dict[str, Any]] = []
+    expired: list[dict[str, Any]] = []
+    for item in items:
+        (expired if item.get("deadline_ms") is not None and item["deadline_ms"] <= now else live).append(item)
     if expired:
         EXPIRED.labels("worker").inc(len(expired))
-        for item in expired:
-            log_event(log, "ttl_expired", source="worker", key=item["claim_id"], task_id=item["id"])
-        store_many(backend, [(item["id"], states.REVOKED, TaskRevokedError("expired")) for item in expired])
-    return [item for item in items if not (item.get("deadline_ms") is not None and item["deadline_ms"] <= now)]
+        expire(backend, [(item["id"], item["claim_id"]) for item in expired], "worker")
+    return live
 
 
 def _already_scored(runtime: WorkerRuntime, backend: Any, items: list[dict[str, Any]]) -> set[str]:

@@ -372,26 +372,34 @@ def test_bridge_sigterm_with_claims_in_flight_finishes_them_commits_and_exits_0(
         placed = claims_by_offset(kafka, topic)
         behind = past_unfinished(marks, placed, done_at_exit)
         # When a new bridge starts in the same group
-        second = bridges({**env, "BRIDGE_METRICS_PORT": str(free_port())}, "bridge-b")
         # Then every claim ends with its result and the offsets are committed to the end
-        wait_until(lambda: len(results(settings, prefix)) == BURST, 120, "every claim has a result", [second, worker])
-        wait_committed(kafka, group, topic, ends, [second])
-        computed = Counter(computed_claims(worker, prefix))
-        skipped = [e for e in worker.events("claim_already_scored") if str(e.get("claim_id", "")).startswith(f"{prefix}-")]
+        lost, twice, skipped = finish_with_a_new_bridge(env, bridges, worker, settings, kafka, prefix, ends)
     finally:
         worker.stop()
-    twice = sorted(claim for claim, times in computed.items() if times > 1)
-    lost = BURST - len(results(settings, prefix))
     print(f"\nbridge SIGTERM, drain completes: {BURST} claims, in flight at SIGTERM {draining['in_flight']}, unfinished "
           f"at exit {stopped['unfinished']}, results at exit {len(done_at_exit)}, committed at exit "
           f"{dict(sorted(marks.items()))} (sum {sum(marks.values())}), committed past an unfinished claim {len(behind)}; "
-          f"after bridge-b: lost {lost}, computed twice {len(twice)}, redelivered and skipped {len(skipped)}; "
+          f"after bridge-b: lost {lost}, computed twice {len(twice)}, redelivered and skipped {skipped}; "
           f"exit {code} after {took:.2f}s")
     assert draining["in_flight"] == BRIDGE_MAXSIZE and stopped["unfinished"] == 0
     assert took <= drain_timeout_s + 2
     assert not behind, f"committed past claims without a result: {behind[:10]}"
     assert sum(marks.values()) == len(done_at_exit) == BRIDGE_MAXSIZE, "commits should cover exactly what finished"
     assert lost == 0 and not twice
+
+
+def finish_with_a_new_bridge(env: dict[str, str], bridges: Callable[..., ManagedProcess], worker: ManagedProcess,
+                             settings: Settings, kafka: str, prefix: str,
+                             ends: dict[int, int]) -> tuple[int, list[str], int]:
+    """Start bridge-b in the same group and wait until every claim of the burst has its result and the
+    offsets are committed to `ends`; returns (claims lost, claims computed twice, redeliveries skipped)."""
+    second = bridges({**env, "BRIDGE_METRICS_PORT": str(free_port())}, "bridge-b")
+    wait_until(lambda: len(results(settings, prefix)) == BURST, 120, "every claim has a result", [second, worker])
+    wait_committed(kafka, env["KAFKA_GROUP_ID"], env["KAFKA_TOPIC_CLAIMS"], ends, [second])
+    computed = Counter(computed_claims(worker, prefix))
+    skipped = [e for e in worker.events("claim_already_scored") if str(e.get("claim_id", "")).startswith(f"{prefix}-")]
+    twice = sorted(claim for claim, times in computed.items() if times > 1)
+    return BURST - len(results(settings, prefix)), twice, len(skipped)
 
 
 def test_bridge_sigterm_when_the_drain_times_out_commits_nothing_unfinished_and_the_next_bridge_redoes_it(
@@ -416,20 +424,14 @@ def test_bridge_sigterm_when_the_drain_times_out_commits_nothing_unfinished_and_
     # When a worker and a new bridge start
     worker = start_node(lane, log_dir, "late-worker")
     try:
-        second = bridges({**env, "BRIDGE_METRICS_PORT": str(free_port())}, "bridge-b")
         # Then every claim ends with its result, the ones left in flight included, and the offsets reach the end
-        wait_until(lambda: len(results(settings, prefix)) == BURST, 120, "every claim has a result", [second, worker])
-        wait_committed(kafka, group, topic, ends, [second])
-        computed = Counter(computed_claims(worker, prefix))
-        skipped = [e for e in worker.events("claim_already_scored") if str(e.get("claim_id", "")).startswith(f"{prefix}-")]
+        lost, twice, skipped = finish_with_a_new_bridge(env, bridges, worker, settings, kafka, prefix, ends)
     finally:
         worker.stop()
-    twice = sorted(claim for claim, times in computed.items() if times > 1)
-    lost = BURST - len(results(settings, prefix))
     print(f"\nbridge SIGTERM, drain times out: {BURST} claims, in flight at SIGTERM {draining['in_flight']}, unfinished "
           f"at exit {stopped['unfinished']}, committed at exit {dict(sorted(marks.items()))}, committed past an "
           f"unfinished claim {len(behind)}; after bridge-b: lost {lost}, computed twice {len(twice)}, redelivered and "
-          f"skipped {len(skipped)} (bound {BRIDGE_MAXSIZE}); exit {code} after {took:.2f}s")
+          f"skipped {skipped} (bound {BRIDGE_MAXSIZE}); exit {code} after {took:.2f}s")
     assert draining["in_flight"] == BRIDGE_MAXSIZE and stopped["unfinished"] == BRIDGE_MAXSIZE
     assert drain_timeout_s <= took <= drain_timeout_s + 2
     assert not behind and sum(marks.values()) == 0

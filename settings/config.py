@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     http_threads: int = Field(16, ge=1)
+    http_processes: int = Field(1, ge=1, le=64)
     http_keepalive: int = Field(60, ge=1)
     max_body_bytes: int = Field(1_048_576, ge=64)
     max_instances: int = Field(1024, ge=1)

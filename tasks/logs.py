@@ -50,6 +50,7 @@ class _JsonLines(JsonFormatter):
         super().add_fields(log_record, record, message_dict)
         log_record["ts"] = round(record.created, 3)
         log_record["level"] = record.levelname.lower()
+        log_record["pid"] = record.process  # which copy of a process wrote it (pool processes, HTTP_PROCESSES)
         if log_record.get("message") in ("", record.__dict__.get("event")):
             log_record.pop("message", None)
 

@@ -12,7 +12,9 @@ later create their series then (`LATER_LABELS`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
@@ -40,13 +42,16 @@ TASK_STATES = ("SUCCESS", "FAILURE")  # others (RETRY, IGNORED) appear when they
 ADMISSION = Counter(
     "inference_admission_total", "Admission decisions for /predict by outcome", ["outcome"], registry=None,
 )
+# The queue gauges read the same Redis from every API process: with several processes (multiprocess
+# mode) a scrape shows the value written last, by whichever process sampled the queue last.
 QUEUE_DEPTH = Gauge("inference_queue_depth", "Requests waiting in a lane's Redis queue (all priority keys, batch items)",
-                    ["queue"], registry=None)
-DRAIN_RATE = Gauge("inference_queue_drain_rate", "Completions per second (EWMA) of a queue", ["queue"], registry=None)
+                    ["queue"], multiprocess_mode="mostrecent", registry=None)
+DRAIN_RATE = Gauge("inference_queue_drain_rate", "Completions per second (EWMA) of a queue", ["queue"],
+                   multiprocess_mode="mostrecent", registry=None)
 BACKLOG = Gauge(
     "inference_backlog",
     "Autoscaling signal: requests waiting in both lanes plus task messages delivered to workers and not yet acknowledged",
-    registry=None,
+    multiprocess_mode="mostrecent", registry=None,
 )
 REQUEST_LATENCY = Histogram(
     "inference_http_request_duration_seconds", "HTTP request latency", ["endpoint", "status"], buckets=LATENCY_BUCKETS_S,
@@ -136,11 +141,32 @@ def initialise(process: str, settings: Settings) -> None:
 
 
 def registry(process: str) -> CollectorRegistry:
-    """What `process` serves on /metrics: its metrics, and the interpreter's process, platform and GC collectors."""
+    """What `process` serves on /metrics: its metrics, and the interpreter's process, platform and GC collectors.
+
+    In prometheus-client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR set: several API processes on one
+    port), the metrics of every process sharing the directory, merged; the process, platform and GC
+    collectors would describe only the process that happened to answer, so they are left out."""
     served = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        served.register(Only(multiprocess.MultiProcessCollector(None), names(process)))
+        return served
     for collector in (*EXPORTED[process], PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
         served.register(collector)
     return served
+
+
+class Only:
+    """The families of `inner` named in `names`: every process creates every metric of this module, and
+    the multiprocess files hold the unlabelled ones of other processes too (at 0)."""
+
+    def __init__(self, inner: Any, names: set[str]) -> None:
+        self.inner = inner
+        self.names = names
+
+    def collect(self) -> list[Any]:
+        return [family for family in self.inner.collect() if family.name in self.names]
 
 
 def family_name(metric: MetricWrapperBase) -> str:

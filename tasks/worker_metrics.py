@@ -49,25 +49,13 @@ def serve(host: str, port: int) -> None:
     from tasks import metrics
 
     registry = CollectorRegistry()
-    registry.register(_Only(multiprocess.MultiProcessCollector(None), metrics.names(metrics.WORKER)))
+    registry.register(metrics.Only(multiprocess.MultiProcessCollector(None), metrics.names(metrics.WORKER)))
     try:
         start_http_server(port, addr=host, registry=registry)
     except OSError as error:
         log.warning("worker metrics not served on port %d: %s", port, error.strerror, extra={"event": "metrics_port_busy"})
         return
     log_event(log, "metrics_listening", port=port)
-
-
-class _Only:
-    """The families of `inner` named in `names`: every process creates every metric of tasks/metrics.py,
-    and the multiprocess files hold the unlabelled ones of other processes too (at 0)."""
-
-    def __init__(self, inner: Any, names: set[str]) -> None:
-        self.inner = inner
-        self.names = names
-
-    def collect(self) -> list[Any]:
-        return [family for family in self.inner.collect() if family.name in self.names]
 
 
 def install(app: Celery) -> None:

@@ -10,6 +10,7 @@ from tasks.startup import announce, require_services
 from webapp import create_app
 from webapp.errors import shedder
 from webapp.parsing import backlog_deadline
+from webapp.prefork import Supervisor, is_copy
 from webapp.server import serve
 
 log = logging.getLogger("webapp")
@@ -25,6 +26,9 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 def main() -> int:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     settings = load_settings()
+    if settings.http_processes > 1 and not is_copy():
+        configure_logging("webapp", settings)
+        return Supervisor(settings).run()
     configure_logging("webapp", settings, background=True)
     announce("webapp", settings)
     require_services(settings)

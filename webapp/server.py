@@ -32,6 +32,7 @@ from waitress.task import ThreadedTaskDispatcher, WSGITask
 from settings import Settings
 from tasks.logs import log_event, now_ms
 from tasks.queues import DrainRate, QueueSample, retry_after_s
+from webapp.prefork import listening_socket
 
 log = logging.getLogger(__name__)
 
@@ -329,14 +330,18 @@ def serve(app: Any, settings: Settings, on_drain: Callable[[], None],
     the requests refused in the backlog (QUEUE_MAXSIZE requests waiting for a thread, or a wait longer
     than QUEUE_WAIT_SHARE of the request's deadline, which `deadline_of` computes)."""
     counted = InFlight(app, shed)
-    dispatcher = ProbeFirstDispatcher(settings.http_threads,
-                                      max_waiting=settings.queue_maxsize if settings.use_bounded_queue and shed else 0)
+    # With several processes on the port each bounds its own backlog: together they hold QUEUE_MAXSIZE.
+    max_waiting = -(-settings.queue_maxsize // settings.http_processes) if settings.use_bounded_queue and shed else 0
+    dispatcher = ProbeFirstDispatcher(settings.http_threads, max_waiting=max_waiting)
     dispatcher.counter = counted
     dispatcher.deadline_of = deadline_of
+    if settings.http_processes > 1:  # one of several copies on the port (webapp/prefork.py)
+        where: dict[str, Any] = {"sockets": [listening_socket(settings.host, settings.port)]}
+    else:
+        where = {"host": settings.host, "port": settings.port}
     server = create_server(
         counted,
-        host=settings.host,
-        port=settings.port,
+        **where,
         channel_timeout=settings.http_keepalive,
         connection_limit=max(1000, settings.http_threads * 8),
         # waitress refuses larger bodies with its own plain-text 413; keep its limit above ours so the

@@ -1,0 +1,111 @@
+"""Several API processes on one port (HTTP_PROCESSES=2, webapp/prefork.py), as real processes over the
+test Redis and S3 with a real worker: both copies serve, /metrics on the port adds up what both did, a
+copy that dies is replaced while the other keeps answering, and SIGTERM drains both and exits 0."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import requests
+
+from devtools.processes import ManagedProcess, start_api
+from devtools.services import free_port
+from tests.e2e.bridge_support import wait_until
+from tests.e2e.test_lifecycle import ROW
+from tests.e2e.test_metrics import scrape, value
+
+pytestmark = pytest.mark.e2e
+
+PROCESSES = 2
+
+
+def predict_for(url: str, seconds: float, clients: int = 8) -> Counter[int | str]:
+    """`clients` threads sending /predict for `seconds`, each on a new connection every time (so the kernel
+    spreads them over the copies); what they got, by status or error type."""
+    outcomes: Counter[int | str] = Counter()
+    lock = threading.Lock()
+    until = time.monotonic() + seconds
+
+    def client() -> None:
+        while time.monotonic() < until:
+            try:
+                status: int | str = requests.post(f"{url}/predict", json={"features": ROW}, timeout=(2, 20),
+                                                  headers={"Connection": "close"}).status_code
+            except requests.RequestException as error:
+                status = type(error).__name__
+            with lock:
+                outcomes[status] += 1
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds + 30)
+    assert not any(thread.is_alive() for thread in threads), "a client hung"
+    return outcomes
+
+
+def copies(api: ManagedProcess) -> set[int]:
+    return {event["pid"] for event in api.events("http_listening")}
+
+
+def test_two_processes_share_the_port_and_their_metrics_then_drain_on_sigterm(
+        module_env: dict[str, str], worker: ManagedProcess, log_dir: Path) -> None:
+    # Given an API started with HTTP_PROCESSES=2 (no response cache, so every 200 was admitted)
+    api = start_api({**module_env, "HTTP_PROCESSES": str(PROCESSES), "CACHE_MODE": "off"}, log_dir, free_port())
+    try:
+        api.wait_for_event("http_listening", timeout_s=60, count=PROCESSES)
+        before = value(scrape(api.url), "inference_admission_total", outcome="accepted")
+        # When clients send /predict on fresh connections for a few seconds
+        outcomes = predict_for(api.url, 4)
+        # Then every request is answered 200, and both copies admitted some of them
+        enqueued_by = Counter(event["pid"] for event in api.events("queue_enqueued"))
+        # And /metrics, whichever copy answers it, counts the admissions of both
+        scraped = [value(scrape(api.url), "inference_admission_total", outcome="accepted") - before for _ in range(6)]
+        print(f"\nHTTP_PROCESSES=2: answers {dict(outcomes)}; admitted per copy {dict(enqueued_by)}; "
+              f"accepted on /metrics (6 scrapes) {scraped}")
+        assert set(outcomes) == {200} and outcomes[200] >= 20, dict(outcomes)
+        assert set(enqueued_by) == copies(api) and len(enqueued_by) == PROCESSES, (dict(enqueued_by), copies(api))
+        assert scraped == [outcomes[200]] * len(scraped)
+        # When the supervisor receives SIGTERM
+        api.signal(signal.SIGTERM)
+        code = api.wait_exit(30)
+    finally:
+        api.stop()
+    # Then each copy drains with nothing unfinished, and the supervisor exits 0
+    stopped = [event for event in api.events("http_stopped") if "unfinished" in event]
+    assert code == 0
+    assert sorted(event["pid"] for event in stopped) == sorted(copies(api))
+    assert all(event["unfinished"] == 0 for event in stopped), stopped
+
+
+def test_a_copy_that_dies_is_replaced_while_the_other_keeps_answering(
+        module_env: dict[str, str], worker: ManagedProcess, log_dir: Path) -> None:
+    # Given an API with two copies
+    api = start_api({**module_env, "HTTP_PROCESSES": str(PROCESSES)}, log_dir, free_port())
+    try:
+        api.wait_for_event("http_listening", timeout_s=60, count=PROCESSES)
+        victim, survivor = sorted(copies(api))
+        # When one copy is killed
+        os.kill(victim, signal.SIGKILL)
+        # Then the supervisor logs its exit, and the other copy answers alone until a replacement is up
+        exited = api.wait_for_event("http_process_exited", timeout_s=10)[-1]
+        while_alone = predict_for(api.url, 1, clients=2)
+        # And the replacement listens on the same port
+        wait_until(lambda: len(copies(api)) == PROCESSES + 1, 60, "a replacement copy listening", [api])
+        after = predict_for(api.url, 2)
+        replacement = copies(api) - {victim, survivor}
+        print(f"\nkilled {victim}: exit logged {exited}; alone {dict(while_alone)}; replacement {replacement}; "
+              f"after {dict(after)}")
+        assert exited["copy_pid"] == victim and exited["code"] == -signal.SIGKILL
+        assert set(while_alone) == {200}, dict(while_alone)
+        assert set(after) == {200}, dict(after)
+        assert api.alive()
+    finally:
+        api.stop()

@@ -67,7 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pool", type=int, default=256, help="most connections the paced client opens")
     parser.add_argument("--preopen", type=int, default=32, help="connections opened before each step's clock starts")
     parser.add_argument("--connections", type=int, default=64, help="echo: closed-loop connections")
-    parser.add_argument("--threads", type=int, default=16, help="HTTP_THREADS of the API and the echo server")
+    parser.add_argument("--threads", type=int, default=32, help="HTTP_THREADS of each API process and of the echo server")
+    parser.add_argument("--processes", type=int, default=2, help="HTTP_PROCESSES: API processes on the port")
     parser.add_argument("--workers", type=int, default=2, help="QUEUE_WORKERS (pool processes of the worker)")
     args = parser.parse_args(argv)
     args.step_s = args.step_s or (4.0 if args.quick else 8.0)
@@ -278,7 +279,8 @@ def summary(info: dict[str, Any], args: argparse.Namespace, env: dict[str, str],
                          f"step, then {args.bisect} bisection step(s); at most {args.max_steps} steps; pool of up to "
                          f"{args.pool} keep-alive connections ({args.preopen} opened first)"],
             ["pass", f"p99 <= {GOAL_P99_MS:g} ms measured from each request's due time, and every answer a valid 200"],
-            ["HTTP_THREADS", f"{args.threads}" + (" (the default)" if args.threads == 16 else "")],
+            ["HTTP_PROCESSES x HTTP_THREADS", f"{args.processes} x {args.threads} (defaults 1 x 16); the echo server: "
+                                              f"1 process, {args.threads} threads"],
             ["worker", f"1 Celery worker process, QUEUE_WORKERS={args.workers}"],
             ["ENABLE_MICROBATCH / BATCH_SIZE / BATCH_TIMEOUT_MS",
              f"{env.get('ENABLE_MICROBATCH')} / {env.get('BATCH_SIZE', '32')} / {env.get('BATCH_TIMEOUT_MS', '25')}"],
@@ -324,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     out = results_dir("capacity")
     raw = out / "raw"
     print(f"capacity: results in {out}", flush=True)
-    env = {"ENABLE_MICROBATCH": "true", "QUEUE_WORKERS": str(args.workers), "HTTP_THREADS": str(args.threads)}
+    env = {"ENABLE_MICROBATCH": "true", "QUEUE_WORKERS": str(args.workers), "HTTP_THREADS": str(args.threads),
+           "HTTP_PROCESSES": str(args.processes)}
     with Stack(raw / "logs", worker_processes=1, env=env) as stack:
         n_features = int(stack.model()["n_features"])
         warm_up(stack, n_features)

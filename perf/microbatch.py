@@ -57,7 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration-s", type=float, default=None, help="length of each run (default 20, --quick 8)")
     parser.add_argument("--warmup-s", type=float, default=None, help="left out of the figures (default 2, --quick 1)")
     parser.add_argument("--concurrency", default="64,256", help="comma-separated connection counts")
-    parser.add_argument("--threads", type=int, default=16, help="HTTP_THREADS of the API (default: the default, 16)")
+    parser.add_argument("--threads", type=int, default=32, help="HTTP_THREADS of each API process")
+    parser.add_argument("--processes", type=int, default=2, help="HTTP_PROCESSES: API processes on the port")
     parser.add_argument("--workers", type=int, default=2, help="QUEUE_WORKERS (pool processes of the worker)")
     parser.add_argument("--label", default="", help="results in ...-microbatch-<label>/ (a variant next to the default run)")
     args = parser.parse_args(argv)
@@ -151,7 +152,8 @@ def measure(args: argparse.Namespace, raw: Path, stack: Stack, mode: str, connec
 
 
 def run_mode(args: argparse.Namespace, raw: Path, mode: str, flag: str) -> tuple[list[BatchRun], dict[str, str]]:
-    env = {"ENABLE_MICROBATCH": flag, "QUEUE_WORKERS": str(args.workers), "HTTP_THREADS": str(args.threads)}
+    env = {"ENABLE_MICROBATCH": flag, "QUEUE_WORKERS": str(args.workers), "HTTP_THREADS": str(args.threads),
+           "HTTP_PROCESSES": str(args.processes)}
     with Stack(raw / f"logs-{mode}", worker_processes=1, env=env) as stack:
         n_features = int(stack.model()["n_features"])
         warm_up(stack, n_features)
@@ -280,7 +282,8 @@ def summary(info: dict[str, Any], args: argparse.Namespace, env: dict[str, str],
              + " keep-alive connections, closed loop"],
             ["duration", f"{args.duration_s:g} s per run, figures over {args.duration_s - args.warmup_s:g} s "
                          f"(first {args.warmup_s:g} s left out)"],
-            ["HTTP_THREADS", f"{args.threads}" + (" (the default)" if args.threads == 16 else " (raised from 16)")],
+            ["HTTP_PROCESSES x HTTP_THREADS", f"{args.processes} x {args.threads} (defaults 1 x 16): API processes "
+                                              "on the port, request threads in each"],
             ["worker", f"1 Celery worker process, QUEUE_WORKERS={args.workers}"],
             ["BATCH_SIZE / BATCH_TIMEOUT_MS", f"{env.get('BATCH_SIZE', '32')} / {env.get('BATCH_TIMEOUT_MS', '25')} "
                                               "(defaults)"],
@@ -296,7 +299,8 @@ def summary(info: dict[str, Any], args: argparse.Namespace, env: dict[str, str],
         + f"\n\nWith batching off the API sent {off_batches} batch messages (expected 0: one task per request).",
         "- API CPU per answer: " + ", ".join(f"{k} {v:.2f} ms" for k, v in api_ms.items()) + ".\n"
         "- Worker CPU per answer: " + ", ".join(f"{k} {v:.2f} ms" for k, v in worker_ms.items()) + ".\n"
-        f"- With HTTP_THREADS={args.threads}, at most {args.threads} requests are inside the API at once whatever the "
+        f"- With {args.processes} x {args.threads} request threads, at most {args.processes * args.threads} requests are "
+        "inside the API at once whatever the "
         "number of connections: the others wait, read but not dispatched, in waitress's task queue, and that wait is "
         "part of their latency. So the largest batch the API can gather is bounded by the threads, not by the "
         "connections. " + concurrency_note(runs, args.levels),

@@ -21,8 +21,8 @@ Locust; its summary states the rate it really offered.
 
 Goals: goodput (valid 200s answered within their deadline, per second) >= 90 % of the capacity; 429s
 answered with p99 <= 20 ms; no 200 after its deadline; no 5xx; no transport error. The stack: one
-Celery worker process with QUEUE_WORKERS=2 and the API with its defaults (HTTP_THREADS 16,
-micro-batching on, QUEUE_MAXSIZE 512).
+Celery worker process with QUEUE_WORKERS=2 and the API as 2 processes of 32 threads (HTTP_PROCESSES,
+HTTP_THREADS; otherwise its defaults: micro-batching on, QUEUE_MAXSIZE 512).
 """
 
 from __future__ import annotations
@@ -89,7 +89,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--preopen", type=int, default=64, help="loadgen: connections opened before the clock starts")
     parser.add_argument("--user-rate", type=float, default=1.0, help="locust: requests per second per user")
     parser.add_argument("--workers", type=int, default=2, help="QUEUE_WORKERS (pool processes of the worker)")
-    parser.add_argument("--threads", type=int, default=16, help="HTTP_THREADS of the API")
+    parser.add_argument("--threads", type=int, default=32, help="HTTP_THREADS of each API process")
+    parser.add_argument("--processes", type=int, default=2, help="HTTP_PROCESSES: API processes on the port")
     args = parser.parse_args(argv)
     args.run_time_s = args.run_time_s or (20.0 if args.quick else 60.0)
     args.capacity_s = args.capacity_s or (8.0 if args.quick else 12.0)
@@ -278,12 +279,13 @@ def summary(info: dict[str, Any], args: argparse.Namespace, run: LoadRun, v: Ver
             ["offered", f"{args.factor:g} x capacity = {run.offered_per_s:.0f} req/s for {args.run_time_s:g} s"],
             ["client", f"{run.client}: {client_line}"],
             ["deadline", f"X-Request-Timeout-Ms: {args.timeout_ms} on every request"],
-            ["worker / API", f"1 Celery worker process, QUEUE_WORKERS={args.workers}; HTTP_THREADS={args.threads}; "
+            ["worker / API", f"1 Celery worker process, QUEUE_WORKERS={args.workers}; HTTP_PROCESSES={args.processes}, "
+                             f"HTTP_THREADS={args.threads}; "
                              "other settings at their defaults"]]),
         "## Goals\n\n" + markdown_table(["goal", "this run", "verdict"], v.rows())
         + f"\n\n504s came {ms(v.expired_after['p50'])} ms (p50) / {ms(v.expired_after['p99'])} ms (p99) after the deadline "
           f"as the client measures it ({v.expired_after['count']} of them)." * bool(v.expired_after["count"]),
-        "## Results\n\n" + run_section(run) + where_the_backlog_was(run, v, args.threads, args.pool if client else
+        "## Results\n\n" + run_section(run) + where_the_backlog_was(run, v, args.threads * args.processes, args.pool if client else
                                                                     math.ceil((run.offered_per_s or 0) / args.user_rate)),
         "Latency with `perf.loadgen` is from each request's due time (the client's own lateness, shown above, "
         "counts against the API); with Locust from when the request was sent. The API counts a request's "
@@ -299,7 +301,7 @@ def summary(info: dict[str, Any], args: argparse.Namespace, run: LoadRun, v: Ver
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     info, out, raw = begin("overload")
-    env = {"QUEUE_WORKERS": str(args.workers), "HTTP_THREADS": str(args.threads)}
+    env = {"QUEUE_WORKERS": str(args.workers), "HTTP_THREADS": str(args.threads), "HTTP_PROCESSES": str(args.processes)}
     client: dict[str, Any] = {}
     with Stack(raw / "logs", worker_processes=1, env=env) as stack:
         n_features = int(stack.model()["n_features"])

@@ -348,9 +348,12 @@ def serve(app: Any, settings: Settings, on_drain: Callable[[], None],
         # app answers with the JSON error body.
         max_request_body_size=settings.max_body_bytes * 4,
         # A streamed response is written into a per-connection buffer (in memory up to outbuf_overflow,
-        # then a temporary file); the app thread waits when it holds more than this. 4 MB keeps ten
-        # concurrent downloads within tens of MB of memory while staying ahead of a fast client.
-        outbuf_high_watermark=4 * 1024 * 1024,
+        # then a temporary file); the app thread waits when it holds more than this. What the app thread
+        # could not send itself, the I/O thread sends, all of it in one go per connection, while probes
+        # wait: 512 KiB (two download chunks) stays in memory and keeps that go short. Measured (perf
+        # `download`, ten downloads, 3 runs each): /healthz p99 87-141 ms at 4 MB, 82-118 at 1 MB, 65-75
+        # at 512 KiB, for the same aggregate throughput.
+        outbuf_high_watermark=512 * 1024,
         ident="inference-api",
         # poll(), not select(): select() fails on descriptors above 1023 and the connection limit is 1,000+.
         asyncore_use_poll=True,

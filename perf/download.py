@@ -23,7 +23,6 @@ sha256 release the GIL), so the client keeps up with the server and holds no bod
 from __future__ import annotations
 
 import argparse
-import os
 import hashlib
 import http.client
 import resource
@@ -240,8 +239,6 @@ def concurrent_downloads(args: argparse.Namespace, raw: Path, stack: Stack) -> d
     results: list[Fetched | None] = [None] * args.concurrent
 
     def one(index: int) -> None:
-        if args.rig_nice:  # this thread only: the probe process and the API keep their priority
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), args.rig_nice)
         results[index] = fetch(stack.port)
 
     threads = [threading.Thread(target=one, args=(i,), name=f"download-{i}", daemon=True) for i in range(args.concurrent)]
@@ -390,9 +387,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrent", type=int, default=10)
     parser.add_argument("--healthz-interval-ms", type=float, default=20.0)
     parser.add_argument("--timeout-s", type=float, default=600.0, help="bound on the concurrent downloads")
-    parser.add_argument("--rig-nice", type=int, default=10,
-                        help="CPU niceness of the S3 stand-in and of the downloading client threads, which stand for "
-                             "other machines (0: the same priority as the API)")
     args = parser.parse_args(argv)
     args.idle_s = 1.0 if args.quick else 3.0
     args.idle_probe_s = 2.0 if args.quick else 5.0
@@ -411,8 +405,6 @@ def main(argv: list[str] | None = None) -> int:
         bucket = stack.env.get("BUCKET_PROCESSED", "processed-data")
         print(f"download: uploading {source.size:,} bytes to {bucket}/{KEY}", flush=True)
         source_sha, upload_s = upload(stack.env, bucket, source)
-        if args.rig_nice:
-            os.setpriority(os.PRIO_PROCESS, stack.services[1].process.pid, args.rig_nice)  # type: ignore[union-attr]
         warm = fetch(stack.port, {"Range": "bytes=0-1023"}, keep=True)
         if warm.status != 206:
             raise StackError(f"warm-up range request answered {warm.status} {warm.error} {warm.body[:200]!r}")

@@ -351,8 +351,8 @@ def serve(app: Any, settings: Settings, on_drain: Callable[[], None],
         # then a temporary file); the app thread waits when it holds more than this. What the app thread
         # could not send itself, the I/O thread sends, all of it in one go per connection, while probes
         # wait: 512 KiB (two download chunks) stays in memory and keeps that go short. Measured (perf
-        # `download`, ten downloads, 3 runs each): /healthz p99 87-141 ms at 4 MB, 82-118 at 1 MB, 65-75
-        # at 512 KiB, for the same aggregate throughput.
+        # `download --quick`, ten downloads): /healthz p99 88 ms at 4 MB, 82 and 118 at 1 MB, 66 and 76
+        # at 512 KiB, for the same aggregate throughput (~400 MB/s).
         outbuf_high_watermark=512 * 1024,
         ident="inference-api",
         # poll(), not select(): select() fails on descriptors above 1023 and the connection limit is 1,000+.

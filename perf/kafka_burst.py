@@ -115,51 +115,64 @@ class Sampler:
 
 
 class PredictProbe:
-    """One client sending /predict back to back; latencies in ms."""
+    """/predict from a process of its own (`perf.loadgen probe`: one keep-alive connection, the next request
+    10 ms after each answer), so the latencies are the API's: this process publishes the burst with
+    kafka-python and samples the bridge meanwhile, and a probe thread here would wait for its interpreter
+    lock too. Latencies in ms, of the valid 200s."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    INTERVAL_MS = 10
+
+    def __init__(self, url: str, out: Path) -> None:
+        self.port = int(url.rsplit(":", 1)[1])
+        self.out = out
         self.latencies: list[float] = []
         self.errors = 0
         self.statuses: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._session = requests.Session()
-        self._body = {"features": [1.0] * len(FEATURES)}
+        self._process: Any = None
 
-    def run_for(self, count: int) -> list[float]:
-        for _ in range(count):
-            self._one()
-        return list(self.latencies)
+    def start(self, duration_s: float) -> PredictProbe:
+        import subprocess
 
-    def start(self) -> PredictProbe:
-        self.latencies = []
-        self._thread.start()
+        args = [PYTHON, "-m", "perf.loadgen", "probe", "--port", str(self.port), "--method", "POST", "--path",
+                "/predict", "--kind", "predict", "--n-features", str(len(FEATURES)), "--keepalive",
+                "--interval-ms", str(self.INTERVAL_MS), "--duration-s", str(duration_s), "--out", str(self.out)]
+        self._log = open(self.out.with_suffix(".log"), "wb")  # noqa: SIM115 - closed in stop()
+        self._process = subprocess.Popen(args, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
         return self
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(20)
+    def stop(self, timeout_s: float = 30) -> list[float]:
+        """Stop it now (SIGTERM: it writes what it measured) and read the answers."""
+        import signal
+        import subprocess
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._one()
-            self._stop.wait(0.01)
-
-    def _one(self) -> None:
-        started = time.perf_counter()
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
         try:
-            response = self._session.post(f"{self.url}/predict", json=self._body, timeout=20)
-            status = str(response.status_code)
-            if response.status_code != 200:
-                status += " " + response.json().get("error", {}).get("code", "")
-        except (requests.RequestException, ValueError) as error:
-            status = type(error).__name__
-        self.statuses[status] += 1
-        if status == "200":
-            self.latencies.append((time.perf_counter() - started) * 1000)
-        else:
-            self.errors += 1
+            self._process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            raise
+        finally:
+            self._log.close()
+        with open(self.out, newline="") as handle:
+            for row in csv.DictReader(handle):
+                ok = row["status"] == "200" and row["valid"] == "1"
+                self.statuses[row["status"] if row["status"] != "0" else f"error {row['detail'][:40]}"] += 1
+                if ok:
+                    self.latencies.append(float(row["latency_ms"]))
+                elif row["status"] == "0":
+                    self.errors += 1
+        return list(self.latencies)
+
+    def kill(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait(10)
+
+    def run_for(self, seconds: float) -> list[float]:
+        self.start(seconds)
+        self._process.wait(seconds + 30)
+        return self.stop()
 
 
 def percentile(values: list[float], pct: float) -> float | None:
@@ -194,6 +207,7 @@ def committed(admin: KafkaAdminClient, group: str, topic: str) -> dict[int, int]
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     services: list[Service] = []
     processes: list[ManagedProcess] = []
+    probes: list[PredictProbe | None] = []
     try:
         print("starting Redis, S3 and Kafka ...", flush=True)
         redis_service, s3_service, kafka_service = start_redis(workdir=workdir), start_s3(workdir=workdir), \
@@ -245,9 +259,11 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             processes.append(api)
         # Idle figures: memory of the ready bridge, and /predict latency with no burst.
         idle_rss = statistics.median(_rss_samples(bridge.pid, 10))
-        idle_predict = PredictProbe(api.url).run_for(args.predict_samples) if api is not None else []
+        idle_predict = PredictProbe(api.url, workdir / "predict-idle.csv").run_for(args.predict_idle_s) \
+            if api is not None else []
         sampler = Sampler(url, bridge.pid, topic).start()
-        probe = PredictProbe(api.url).start() if api is not None else None
+        probe = PredictProbe(api.url, workdir / "predict-busy.csv").start(args.timeout_s) if api is not None else None
+        probes.append(probe)
         admin = KafkaAdminClient(bootstrap_servers=kafka_service.address)
         print(f"publishing {args.claims} claims (QUEUE_MAXSIZE={args.maxsize}) ...", flush=True)
         started = time.monotonic()
@@ -306,6 +322,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "_plots": burst_series(sampler, ends, commits, bridge, started),
         }
     finally:
+        for probe_left in probes:
+            if probe_left is not None:
+                probe_left.kill()
         for process in reversed(processes):
             process.stop()
         for service in services:
@@ -414,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--maxsize", type=int, default=40, help="QUEUE_MAXSIZE for the bridge")
     parser.add_argument("--workers", type=int, default=2, help="QUEUE_WORKERS of the one worker")
     parser.add_argument("--timeout-s", type=float, default=900)
-    parser.add_argument("--predict-samples", type=int, default=200, help="idle /predict requests")
+    parser.add_argument("--predict-idle-s", type=float, default=4.0, help="how long /predict is probed idle")
     parser.add_argument("--no-api", dest="api", action="store_false", help="skip the /predict measurements")
     parser.add_argument("--lanes", choices=("split", "shared"), default="split",
                         help="split: a worker node per lane (interactive: --interactive-workers processes; bulk: "

@@ -63,7 +63,8 @@ class Gateway:
         self.celery = create_celery(settings, main="webapp")
         # One pooled broker connection per waitress thread, so no request waits for a producer.
         self.celery.conf.broker_pool_limit = settings.http_threads + 4
-        self.collector = ResultCollector(fast_redis(settings, 1.0), self.celery.backend)
+        # Results arrive as the workers publish them (one pattern subscription), not at the next poll.
+        self.collector = ResultCollector(fast_redis(settings, 1.0), self.celery.backend, subscribe=True)
         self.probe = QueueProbe(self.redis, settings.celery_queue)
         self.drain = DrainRate()
         self.sample_max_age_s = SAMPLE_MAX_AGE_S
@@ -86,10 +87,13 @@ class Gateway:
         # for seconds without the store being down, so they get a longer read timeout than the models.
         self.downloads = ObjectStore(settings, timeout_s=30.0)
         self.draining = False
-        # Up to one batch per worker process in flight: enough to keep every worker busy, few enough
-        # that requests arriving meanwhile gather into the next batch instead of into more messages.
+        # Up to one batch per worker process in flight, shared among the API processes on the port:
+        # enough to keep every worker busy, few enough that requests arriving meanwhile gather into the
+        # next batch instead of into more messages. (With 2 API processes and 2 worker processes, 1 batch
+        # each gave 650-915 req/s where 2 each gave 430-690: smaller batches cost more API CPU per request.)
+        in_flight = -(-settings.queue_workers // settings.http_processes)
         self.batcher = MicroBatcher(self._send_batch, size=settings.batch_size, timeout_ms=settings.batch_timeout_ms,
-                                    max_in_flight=settings.queue_workers) if settings.enable_microbatch else None
+                                    max_in_flight=in_flight) if settings.enable_microbatch else None
 
     def start(self) -> Gateway:
         self.collector.start()
@@ -173,22 +177,24 @@ class Gateway:
         """Enqueue one predict task with the deadline as `expires`; wait for it, at most until the deadline."""
         settings = self.settings
         expires = expires_at(deadline_ms) if settings.enable_ttl else None
+        task_id = self.new_id()
+        future = self.collector.watch(task_id)  # before the send: a fast result must find its waiter
         try:
-            result = self.celery.send_task(PREDICT_TASK, args=[rows], expires=expires, queue=settings.celery_queue,
-                                           argsrepr=f"[<{len(rows)} rows>]", kwargsrepr="{}")
+            self.celery.send_task(PREDICT_TASK, args=[rows], task_id=task_id, expires=expires, queue=settings.celery_queue,
+                                  argsrepr=f"[<{len(rows)} rows>]", kwargsrepr="{}")
         except (OperationalError, redis.RedisError, OSError) as error:
+            self.collector.forget([task_id])
             ADMISSION.labels("unavailable").inc()
             log.warning("enqueue failed: %s", type(error).__name__, extra={"event": "queue_unavailable"})
             raise redis_unavailable() from None
         self._accepted()
         log_event(log, "queue_enqueued", depth=depth + 1, bounded=settings.use_bounded_queue,
-                  maxsize=settings.queue_maxsize, task_id=result.id)
-        future = self.collector.watch(result.id)
+                  maxsize=settings.queue_maxsize, task_id=task_id)
         try:
             return future.result(timeout=max(0.0, (deadline_ms - now_ms()) / 1000))
         except FutureTimeout:
-            self.collector.forget([result.id])
-            log_event(log, "ttl_expired", source="webapp", key=result.id)
+            self.collector.forget([task_id])
+            log_event(log, "ttl_expired", source="webapp", key=task_id)
             raise ApiError(504, "deadline_exceeded", "No result before the request's deadline; the work was dropped.") from None
 
     def predict_one(self, row: list[Any], deadline_ms: int, depth: int) -> tuple[float, str]:

@@ -2,17 +2,23 @@
 
 import time
 
+import pytest
 import redis
 from celery import states
 
 from settings import Settings
 from tasks.celery_app import create_celery
-from tasks.results import ResultCollector
+from tasks.results import ResultCollector, store_many
+
+# Both ways of hearing about results: polling the keys, and the pattern subscription (with its safety poll).
+MODES = pytest.mark.parametrize("subscribe", [False, True], ids=["polling", "subscribed"])
 
 
-def test_results_resolve_their_futures_and_are_deleted(base_settings: Settings, redis_client: redis.Redis) -> None:
+@MODES
+def test_results_resolve_their_futures_and_are_deleted(base_settings: Settings, redis_client: redis.Redis,
+                                                       subscribe: bool) -> None:
     app = create_celery(base_settings, main="test-results")
-    collector = ResultCollector(redis_client, app.backend).start()
+    collector = ResultCollector(redis_client, app.backend, subscribe=subscribe).start()
     try:
         # Given three awaited tasks
         futures = {task_id: collector.watch(task_id) for task_id in ("t1", "t2", "t3")}
@@ -31,9 +37,10 @@ def test_results_resolve_their_futures_and_are_deleted(base_settings: Settings, 
         collector.stop()
 
 
-def test_forgotten_tasks_are_no_longer_polled(base_settings: Settings, redis_client: redis.Redis) -> None:
+@MODES
+def test_forgotten_tasks_are_no_longer_polled(base_settings: Settings, redis_client: redis.Redis, subscribe: bool) -> None:
     app = create_celery(base_settings, main="test-results")
-    collector = ResultCollector(redis_client, app.backend).start()
+    collector = ResultCollector(redis_client, app.backend, subscribe=subscribe).start()
     try:
         future = collector.watch("late")
         collector.forget(["late"])
@@ -42,5 +49,24 @@ def test_forgotten_tasks_are_no_longer_polled(base_settings: Settings, redis_cli
         while time.monotonic() < deadline and not future.done():
             time.sleep(0.01)
         assert not future.done() and collector.pending == 0
+    finally:
+        collector.stop()
+
+
+def test_subscribed_collector_still_finds_results_stored_without_a_message(base_settings: Settings,
+                                                                          redis_client: redis.Redis) -> None:
+    app = create_celery(base_settings, main="test-results")
+    collector = ResultCollector(redis_client, app.backend, subscribe=True).start()
+    try:
+        # Given an awaited task, and a result for another process's task published meanwhile
+        future = collector.watch("quiet")
+        other = collector.watch("other")
+        collector.forget(["other"])
+        app.backend.store_result("other", {"predictions": [2.0]}, states.SUCCESS)
+        # When its result is stored without a publish (as the claims' batch results are)
+        store_many(app.backend, [("quiet", states.SUCCESS, {"predictions": [3.0]})])
+        # Then the safety poll resolves it, and the other process's result is left where it is
+        assert future.result(timeout=5).result == {"predictions": [3.0]}
+        assert not other.done() and redis_client.exists(app.backend.get_key_for_task("other")) == 1
     finally:
         collector.stop()

@@ -1,13 +1,15 @@
-"""`python -m perf.kafka_burst [--claims 10000] [--maxsize 40]`: a burst of claims through the Kafka bridge.
+"""`python -m perf.kafka_burst [--claims 10000] [--maxsize 40,512]`: a burst of claims through the Kafka bridge.
 
 Starts its own Redis, S3 (moto) and Kafka-protocol broker (Tansu), a Celery worker, the bridge and the API,
-publishes N valid claims at once, and measures:
+publishes N claims at once (every `--ttl-every`-th with a `deadline_ms` header 1 ms after publishing, the
+TTL subset, which the bridge must skip), and measures:
 
 - the bridge's in-flight count, sampled every 50 ms from its /metrics, against QUEUE_MAXSIZE;
 - pause/resume transitions (consumer_paused / consumer_resumed log events);
 - the drain rate: claims per second from the first publish until every offset is committed;
 - the bridge's resident memory, idle and at its peak during the burst;
-- results complete (one result object per claim), claims computed twice, committed offsets vs the ends;
+- results complete (one result object per live claim; each expired claim logged `ttl_expired` and not
+  computed), claims computed twice, committed offsets vs the ends;
 - interactive /predict latency (p50/p99) idle and while the burst drains;
 - for the plots (perf/kafka_plots.py): the bridge's committed offset, end offset and lag per partition from
   the same scrapes, its consumer_paused/consumer_resumed log events, and the group's committed offsets as
@@ -15,7 +17,7 @@ publishes N valid claims at once, and measures:
 
 By default the lanes are split as the README recommends: a worker node for the interactive lane
 (`--interactive-workers` processes) and one for the bulk lane (`--workers` processes) which, with the
-bridge, runs at nice `--bulk-nice`; `--lanes shared` runs one worker node for both. `--label` names a
+bridge, runs at SCHED_IDLE (`--bulk-priority`); `--lanes shared` runs one worker node for both. `--label` names a
 variant. Writes `run-maxsize<N>[-label].json` and
 `samples-maxsize<N>[-label].csv` to perf/results/<YYYY-MM-DD>-<hostname>-kafka-burst/ and regenerates
 `summary.md` there from every run in the folder.
@@ -182,12 +184,20 @@ def percentile(values: list[float], pct: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))], 2)
 
 
-def publish(kafka: str, topic: str, prefix: str, count: int, bucket: str) -> dict[int, int]:
+def expiring(prefix: str, count: int, ttl_every: int) -> set[str]:
+    """The claim ids published with `deadline_ms` 1 ms after publishing (as `ttl_ms=1` does): every
+    `ttl_every`-th claim (none when 0)."""
+    return {f"{prefix}-{i}" for i in range(count) if ttl_every and i % ttl_every == ttl_every - 1}
+
+
+def publish(kafka: str, topic: str, prefix: str, count: int, bucket: str, expired: set[str]) -> dict[int, int]:
     producer = KafkaProducer(bootstrap_servers=kafka, linger_ms=20, batch_size=262144)
+    deadline = [("deadline_ms", str(int(time.time() * 1000) + 1).encode())]
     try:
         futures = [producer.send(topic, key=f"{prefix}-{i}".encode(), partition=i % PARTITIONS,
                                  value=json.dumps({"claim_id": f"{prefix}-{i}", "bucket": bucket,
-                                                   "object_key": SAMPLE_KEY}).encode())
+                                                   "object_key": SAMPLE_KEY}).encode(),
+                                 headers=deadline if f"{prefix}-{i}" in expired else None)
                    for i in range(count)]
         producer.flush(120)
         ends: dict[int, int] = {}
@@ -268,7 +278,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         print(f"publishing {args.claims} claims (QUEUE_MAXSIZE={args.maxsize}) ...", flush=True)
         started = time.monotonic()
         prefix = f"b{uuid.uuid4().hex[:6]}"
-        ends = publish(kafka_service.address, topic, prefix, args.claims, settings.bucket_processed)
+        expired = expiring(prefix, args.claims, args.ttl_every)
+        ends = publish(kafka_service.address, topic, prefix, args.claims, settings.bucket_processed, expired)
         published_s = time.monotonic() - started
         deadline = started + args.timeout_s
         final: dict[int, int] = {}
@@ -287,8 +298,10 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             probe.stop()
         admin.close()
         store = ObjectStore(settings)
-        stored = sum(1 for _ in store.client.list_objects(settings.bucket_logs, prefix=f"claims/{prefix}-",
-                                                          recursive=True))
+        stored_ids = {obj.object_name.removeprefix("claims/").removesuffix(".json") for obj in
+                      store.client.list_objects(settings.bucket_logs, prefix=f"claims/{prefix}-", recursive=True)}
+        stored = len(stored_ids)
+        expired_logged = {e["key"] for e in bridge.events("ttl_expired") if e.get("key") in expired}
         computed = Counter(e["claim_id"] for e in worker.events("predict_inference_start") if e.get("claim_id"))
         in_flight = [row[1] for row in sampler.rows]
         rss = [row[3] for row in sampler.rows]
@@ -306,9 +319,13 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "pauses": len(bridge.events("consumer_paused")), "resumes": len(bridge.events("consumer_resumed")),
             "publish_s": round(published_s, 2), "drain_s": round(drained_s, 2),
             "drain_rate_per_s": round(args.claims / drained_s, 1) if final == ends else None,
+            "computed_rate_per_s": round((args.claims - len(expired)) / drained_s, 1) if final == ends else None,
             "rss_idle_mb": round(idle_rss, 1), "rss_peak_mb": round(max(rss, default=idle_rss), 1),
             "rss_growth_mb": round(max(rss, default=idle_rss) - idle_rss, 1),
-            "results_stored": stored, "results_complete": stored == args.claims,
+            "results_stored": stored, "ttl_claims": len(expired), "ttl_expired_logged": len(expired_logged),
+            "ttl_computed": len(stored_ids & expired),
+            "results_complete": stored_ids == {f"{prefix}-{i}" for i in range(args.claims)} - expired
+            and expired_logged == expired,
             "computed_twice": sum(1 for n in computed.values() if n > 1),
             "ends": {str(k): v for k, v in sorted(ends.items())},
             "committed": {str(k): v for k, v in sorted(final.items())}, "committed_at_end": final == ends,
@@ -392,9 +409,12 @@ def write_summary(out: Path) -> None:
         ("in_flight_max", "max in-flight (sampled)"), ("enqueued_depth_max", "max in-flight (logged per claim)"),
         ("within_bound", "never above the bound"), ("pauses", "consumer_paused"), ("resumes", "consumer_resumed"),
         ("publish_s", "publish time (s)"), ("drain_s", "publish to fully committed (s)"),
-        ("drain_rate_per_s", "drain rate (claims/s)"), ("rss_idle_mb", "bridge RSS idle (MB)"),
+        ("drain_rate_per_s", "drain rate (claims/s)"), ("computed_rate_per_s", "of which computed (claims/s)"),
+        ("rss_idle_mb", "bridge RSS idle (MB)"),
         ("rss_peak_mb", "bridge RSS peak (MB)"), ("rss_growth_mb", "RSS growth (MB)"),
-        ("results_stored", "result objects"), ("results_complete", "every claim has a result"),
+        ("results_stored", "result objects"), ("ttl_claims", "claims published with ttl_ms=1"),
+        ("ttl_expired_logged", "of them logged ttl_expired"), ("ttl_computed", "of them computed"),
+        ("results_complete", "every live claim has a result, every expired one is logged and has none"),
         ("computed_twice", "claims computed twice"), ("committed_at_end", "committed offsets at the ends"),
         ("predict_idle_p50_ms", "/predict p50 idle (ms)"), ("predict_idle_p99_ms", "/predict p99 idle (ms)"),
         ("predict_busy_p50_ms", "/predict p50 during burst (ms)"),
@@ -430,7 +450,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="A burst of claims through the Kafka bridge.")
     parser.add_argument("--claims", type=int, default=None, help="claims published (default 10,000; --quick 2,000)")
     parser.add_argument("--quick", action="store_true", help="2,000 claims (for `python -m perf --quick`)")
-    parser.add_argument("--maxsize", type=int, default=40, help="QUEUE_MAXSIZE for the bridge")
+    parser.add_argument("--maxsize", default="40,512",
+                        help="QUEUE_MAXSIZE for the bridge; comma-separated: one burst for each, in turn")
+    parser.add_argument("--ttl-every", type=int, default=10,
+                        help="every Nth claim carries a deadline 1 ms after publishing (the TTL subset; 0: none)")
     parser.add_argument("--workers", type=int, default=2, help="QUEUE_WORKERS of the one worker")
     parser.add_argument("--timeout-s", type=float, default=900)
     parser.add_argument("--predict-idle-s", type=float, default=4.0, help="how long /predict is probed idle")
@@ -449,13 +472,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
     args = parser.parse_args(argv)
     args.claims = args.claims or (2_000 if args.quick else 10_000)
-    with tempfile.TemporaryDirectory(prefix="kafka-burst-") as tmp:
-        result = run(args, Path(tmp))
-    out = results_dir(args.out)
-    write(out, result)
-    print(json.dumps(result, indent=2))
-    print(f"written to {out}")
-    ok = result["within_bound"] and result["results_complete"] and result["committed_at_end"]
+    args.maxsizes = [int(size) for size in str(args.maxsize).split(",") if size.strip()]
+    ok = True
+    for maxsize in args.maxsizes:  # one burst per bound, each on a stack of its own
+        args.maxsize = maxsize
+        with tempfile.TemporaryDirectory(prefix="kafka-burst-") as tmp:
+            result = run(args, Path(tmp))
+        out = results_dir(args.out)
+        write(out, result)
+        print(json.dumps(result, indent=2))
+        print(f"written to {out}")
+        ok = ok and result["within_bound"] and result["results_complete"] and result["committed_at_end"]
     return 0 if ok else 1
 
 

@@ -13,8 +13,9 @@ The supervisor:
 - gives the copies one PROMETHEUS_MULTIPROC_DIR, so a scrape of /metrics on any of them sums the
   counters and histograms of all (tasks/metrics.py says how each gauge is merged);
 - starts a copy again when one exits on its own (`http_process_exited`, then `http_process_started`);
-- on SIGTERM or SIGINT passes the signal on, waits for every copy to drain (each answers what it has,
-  as one process does) and exits 0 when all of them did.
+- on SIGTERM or SIGINT sends each copy SIGTERM (the copies ignore SIGINT, so a Ctrl-C that reaches the
+  whole process group starts one drain, not two signals), waits for every copy to drain (each answers
+  what it has, as one process does) and exits 0 when all of them did; a second signal stops them at once.
 """
 
 from __future__ import annotations
@@ -123,9 +124,9 @@ class Supervisor:
         with contextlib.suppress(OSError):
             multiprocess.mark_process_dead(pid, self.metrics_dir)
 
-    def _stop(self, signum: int, _frame: Any) -> None:
-        if self.stopping.is_set():  # a second signal: pass it on, each copy then stops at once
-            self._signal_all(signum)
+    def _stop(self, _signum: int, _frame: Any) -> None:
+        if self.stopping.is_set():  # a second signal: a second SIGTERM, and each copy stops at once
+            self._signal_all(signal.SIGTERM)
             return
         self.stopping.set()
 

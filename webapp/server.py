@@ -32,7 +32,7 @@ from waitress.task import ThreadedTaskDispatcher, WSGITask
 from settings import Settings
 from tasks.logs import log_event, now_ms
 from tasks.queues import DrainRate, QueueSample, retry_after_s
-from webapp.prefork import listening_socket
+from webapp.prefork import is_copy, listening_socket
 
 log = logging.getLogger(__name__)
 
@@ -368,7 +368,10 @@ def serve(app: Any, settings: Settings, on_drain: Callable[[], None],
         stopping.set()
 
     signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    # A copy under the supervisor (webapp/prefork.py) hears of a Ctrl-C from it, as SIGTERM: the terminal's
+    # SIGINT reaches the whole process group, and with the supervisor's SIGTERM would count as a second
+    # signal (stop at once) instead of starting a drain.
+    signal.signal(signal.SIGINT, signal.SIG_IGN if is_copy() else _stop)
     log_event(log, "http_listening", host=settings.host, port=server.effective_port, threads=settings.http_threads)
     loop = EventLoop(server._map)
     while not stopping.is_set():

@@ -55,8 +55,16 @@ def copies(api: ManagedProcess) -> set[int]:
     return {event["pid"] for event in api.events("http_listening")}
 
 
-def test_two_processes_share_the_port_and_their_metrics_then_drain_on_sigterm(
-        module_env: dict[str, str], worker: ManagedProcess, log_dir: Path) -> None:
+def stop_supervisor(api: ManagedProcess, how: str) -> None:
+    if how == "sigterm":
+        api.signal(signal.SIGTERM)
+    else:  # Ctrl-C in a terminal: SIGINT to the whole foreground process group, the copies included
+        os.killpg(os.getpgid(api.pid), signal.SIGINT)
+
+
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
+def test_two_processes_share_the_port_and_their_metrics_then_drain(
+        module_env: dict[str, str], worker: ManagedProcess, log_dir: Path, how: str) -> None:
     # Given an API started with HTTP_PROCESSES=2 (no response cache, so every 200 was admitted)
     api = start_api({**module_env, "HTTP_PROCESSES": str(PROCESSES), "CACHE_MODE": "off"}, log_dir, free_port())
     try:
@@ -73,8 +81,8 @@ def test_two_processes_share_the_port_and_their_metrics_then_drain_on_sigterm(
         assert set(outcomes) == {200} and outcomes[200] >= 20, dict(outcomes)
         assert set(enqueued_by) == copies(api) and len(enqueued_by) == PROCESSES, (dict(enqueued_by), copies(api))
         assert scraped == [outcomes[200]] * len(scraped)
-        # When the supervisor receives SIGTERM
-        api.signal(signal.SIGTERM)
+        # When the supervisor receives SIGTERM, or a Ctrl-C reaches the whole process group
+        stop_supervisor(api, how)
         code = api.wait_exit(30)
     finally:
         api.stop()

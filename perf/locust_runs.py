@@ -171,7 +171,10 @@ def add_profile_options(parser: argparse.ArgumentParser, run_time_s: float) -> N
                         help=f"length of each Locust run (default {run_time_s:g}, --quick 20)")
     parser.add_argument("--echo-s", type=float, default=None, help="length of the echo run (default 20, --quick 8)")
     parser.add_argument("--workers", type=int, default=2, help="QUEUE_WORKERS (pool processes of the worker)")
-    parser.add_argument("--threads", type=int, default=16, help="HTTP_THREADS of the API and the echo server")
+    parser.add_argument("--threads", type=int, default=16, help="HTTP_THREADS of each API process")
+    # One process by default here: Locust needs a share of the two cores too, and with 2 x 32 the original
+    # profile's /healthz p99 went from 46 to 211 ms for /predict p95 749 -> 645 ms (one run each).
+    parser.add_argument("--processes", type=int, default=1, help="HTTP_PROCESSES: API processes on the port")
     parser.add_argument("--locust-processes", type=int, default=0, help="Locust's --processes (0: one process)")
     parser.set_defaults(default_run_time_s=run_time_s)
 
@@ -185,9 +188,10 @@ def profile_defaults(args: argparse.Namespace) -> argparse.Namespace:
 
 @contextlib.contextmanager
 def profile_stack(args: argparse.Namespace, raw: Path) -> Iterator[tuple[Stack, Run]]:
-    """The stack of `original` and `isolated` (one worker process, QUEUE_WORKERS=--workers, HTTP_THREADS=--threads),
+    """The stack of `original` and `isolated` (one worker process, QUEUE_WORKERS=--workers, HTTP_PROCESSES=--processes,
+    HTTP_THREADS=--threads),
     warmed up, and the echo baseline measured next to it."""
-    env = {"QUEUE_WORKERS": str(args.workers), "HTTP_THREADS": str(args.threads)}
+    env = {"QUEUE_WORKERS": str(args.workers), "HTTP_THREADS": str(args.threads), "HTTP_PROCESSES": str(args.processes)}
     with Stack(raw / "logs", worker_processes=1, env=env) as stack:
         n_features = int(stack.model()["n_features"])
         warm_up(stack, n_features)
@@ -199,7 +203,7 @@ def profile_setup(args: argparse.Namespace, run: LoadRun, users: str, echo: Run)
         ["Locust", f"{run.client}: {users} users, spawn rate {args.spawn_rate:g}/s, {args.run_time_s:g} s, "
                    f"{args.locust_processes or 1} process(es)"],
         ["worker", f"1 Celery worker process, QUEUE_WORKERS={args.workers}"],
-        ["API", f"HTTP_THREADS={args.threads}, other settings at their defaults"],
+        ["API", f"HTTP_PROCESSES={args.processes}, HTTP_THREADS={args.threads}, other settings at their defaults"],
         ["echo baseline", f"perf.loadgen closed loop, 64 connections, {args.echo_s:g} s: {echo.throughput:.0f}/s, "
                           f"p50 {ms(echo.stats['p50'])} ms, p99 {ms(echo.stats['p99'])} ms"]])
 

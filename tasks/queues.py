@@ -100,11 +100,15 @@ class DrainRate:
     """Completions per second, as an exponentially weighted moving average of the counter's slope.
 
     `alpha` 0.3 over samples at least `min_interval_s` apart follows a change in worker capacity within
-    a few seconds without jumping at every scheduling hiccup."""
+    a few seconds without jumping at every scheduling hiccup. Samples come with requests, so a gap longer
+    than `max_interval_s` is a time nobody asked: what completed across it says nothing of how fast work
+    drains (an API idle for a minute would read 0.1/s and refuse the first requests of the next burst as
+    too late). Such a gap starts a new interval and keeps the rate."""
 
-    def __init__(self, alpha: float = 0.3, min_interval_s: float = 0.5) -> None:
+    def __init__(self, alpha: float = 0.3, min_interval_s: float = 0.5, max_interval_s: float = 2.0) -> None:
         self.alpha = alpha
         self.min_interval_s = min_interval_s
+        self.max_interval_s = max_interval_s
         self.rate = 0.0
         self._primed = False
         self._last: QueueSample | None = None
@@ -113,7 +117,7 @@ class DrainRate:
     def observe(self, sample: QueueSample) -> float:
         with self._lock:
             last = self._last
-            if last is None or sample.completed < last.completed:
+            if last is None or sample.completed < last.completed or sample.at - last.at > self.max_interval_s:
                 self._last = sample
             elif sample.at - last.at >= self.min_interval_s:
                 instant = (sample.completed - last.completed) / (sample.at - last.at)

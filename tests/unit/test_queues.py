@@ -27,6 +27,21 @@ def test_drain_rate_follows_the_completion_counter() -> None:
     assert rate.observe(QueueSample(0, 200, at=3.0)) == pytest.approx(50.0)  # workers stopped: decays
 
 
+def test_an_idle_gap_is_not_read_as_a_slow_drain() -> None:
+    rate = DrainRate(alpha=0.5, min_interval_s=0.5, max_interval_s=2.0)
+    rate.observe(QueueSample(0, 0, at=0.0))
+    assert rate.observe(QueueSample(0, 100, at=1.0)) == pytest.approx(100.0)
+    # Nobody asked for a minute, then a burst: 5 completions over 60 s is not the drain rate
+    assert rate.observe(QueueSample(0, 105, at=61.0)) == pytest.approx(100.0)
+    assert rate.observe(QueueSample(0, 145, at=61.5)) == pytest.approx(90.0)  # 80/s measured in the burst
+
+
+def test_drain_rate_before_any_interval_is_zero_so_nothing_is_refused_on_it() -> None:
+    rate = DrainRate(min_interval_s=0.5)
+    rate.observe(QueueSample(0, 3, at=0.0))
+    assert rate.observe(QueueSample(0, 4, at=30.0)) == 0.0
+
+
 def test_drain_rate_survives_a_counter_reset() -> None:
     rate = DrainRate(min_interval_s=0.1)
     rate.observe(QueueSample(0, 500, at=0.0))

@@ -53,13 +53,16 @@ def install(app: InferenceCelery) -> None:
             runtime.prewarm()
         runtime.model.watch()
 
-    @signals.task_received.connect(weak=False)
-    def _received(request: Any = None, **_: Any) -> None:
-        # A batch message leaves the queue: its extra items no longer count towards the depth.
-        if request is not None and request.name == PREDICT_BATCH_TASK:
+    def _left_queue(task_name: str, request: Any) -> None:
+        """A batch message left the queue: its extra items no longer count towards the depth."""
+        if request is not None and task_name == PREDICT_BATCH_TASK:
             queue = (request.delivery_info or {}).get("routing_key") or settings.celery_queue
             with contextlib.suppress(redis.RedisError):
                 batch_received(worker_runtime(settings).redis, queue, request.id)
+
+    @signals.task_received.connect(weak=False)
+    def _received(request: Any = None, **_: Any) -> None:
+        _left_queue(getattr(request, "name", ""), request)
 
     started: dict[str, float] = {}
 
@@ -79,6 +82,10 @@ def install(app: InferenceCelery) -> None:
 
     @signals.task_revoked.connect(weak=False)
     def _revoked(sender: Any = None, request: Any = None, expired: bool = False, **_: Any) -> None:
+        # Celery drops a message that expired in the queue before `task_received`: without this its batch
+        # items would count towards the depth for an hour (perf overload: a phantom 260 held the API's
+        # admission and its cache in "busy" mode to the end of the run).
+        _left_queue(getattr(sender, "name", ""), request)  # `request` is the task's context here
         if expired and request is not None:
             metrics.EXPIRED.labels("queue").inc()
             if isinstance(sender, DeadlineTask):

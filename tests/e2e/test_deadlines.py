@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,9 @@ import requests
 
 from devtools.processes import ManagedProcess, start_api, start_worker
 from devtools.services import free_port, start_redis
-from tasks.queues import QueueProbe
+from settings import Settings
+from tasks.celery_app import PREDICT_BATCH_TASK, create_celery
+from tasks.queues import QueueProbe, register_batch
 
 ROW = [50.0, 49.0, 48.5, 47.0, 45.0, 52.0, 51.0, 0.5, 0.86]
 
@@ -62,6 +66,31 @@ def test_work_that_expires_in_the_queue_is_never_run(
         meta = json.loads(module_redis.get(f"celery-task-meta-{task_id}") or b"{}")
         assert meta.get("status") == "REVOKED"
         assert module_redis.llen("inference") == 0
+    finally:
+        worker.stop()
+
+
+def test_a_batch_that_expires_in_the_queue_stops_counting_towards_its_depth(
+    module_env: dict[str, str], module_redis: redis.Redis, settings: Settings, log_dir: Path
+) -> None:
+    # Given a micro-batch of 3 requests queued with a deadline that has passed (as under overload)
+    module_redis.flushdb()
+    app = create_celery(settings, main="expired-batch-test")
+    task_id = f"expired-batch-{uuid.uuid4().hex[:8]}"
+    past = int(time.time() * 1000) - 1000
+    items = [{"id": f"{task_id}-{i}", "row": ROW, "deadline_ms": past} for i in range(3)]
+    register_batch(module_redis, settings.celery_queue, task_id, len(items))
+    app.send_task(PREDICT_BATCH_TASK, args=[items], task_id=task_id, queue=settings.celery_queue,
+                  expires=datetime.fromtimestamp(past / 1000, tz=UTC))
+    probe = QueueProbe(module_redis, settings.celery_queue)
+    assert probe.sample().depth == 3
+    # When a worker takes the message and Celery drops it as expired, before it is ever "received"
+    worker = start_worker(module_env, log_dir, "--without-mingle", "--without-gossip")
+    try:
+        worker.wait_for(lambda: any(e.get("task_id") == task_id for e in worker.events("ttl_expired")), 30,
+                        "ttl_expired for the batch")
+        # Then none of its requests counts as queued any more
+        assert probe.sample().depth == 0
     finally:
         worker.stop()
 

@@ -31,8 +31,10 @@ import datetime as dt
 import json
 import os
 import re
+import signal
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -133,8 +135,6 @@ class PredictProbe:
         self._process: Any = None
 
     def start(self, duration_s: float) -> PredictProbe:
-        import subprocess
-
         args = [PYTHON, "-m", "perf.loadgen", "probe", "--port", str(self.port), "--method", "POST", "--path",
                 "/predict", "--kind", "predict", "--n-features", str(len(FEATURES)), "--keepalive",
                 "--interval-ms", str(self.INTERVAL_MS), "--duration-s", str(duration_s), "--out", str(self.out)]
@@ -144,9 +144,6 @@ class PredictProbe:
 
     def stop(self, timeout_s: float = 30) -> list[float]:
         """Stop it now (SIGTERM: it writes what it measured) and read the answers."""
-        import signal
-        import subprocess
-
         if self._process.poll() is None:
             self._process.send_signal(signal.SIGTERM)
         try:

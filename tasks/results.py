@@ -132,21 +132,16 @@ class ResultCollector:
 
     def _run_polling(self) -> None:
         while not self._stop.is_set():
-            with self._lock:
-                ids = list(self._pending)
-                keys = [self._keys[task_id] for task_id in ids]
-            if not ids:
+            try:
+                awaited = self._poll_awaited()
+            except redis.RedisError as error:
+                self._failed(error)
+                continue
+            if awaited:
+                self._stop.wait(self.interval_s)
+            else:
                 self._wake.wait(timeout=0.5)
                 self._wake.clear()
-                continue
-            try:
-                for start in range(0, len(ids), self.batch):
-                    self._collect(ids[start:start + self.batch], keys[start:start + self.batch])
-            except redis.RedisError as error:
-                log.warning("result collection failed: %s", type(error).__name__, extra={"event": "results_unavailable"})
-                self._stop.wait(0.1)
-                continue
-            self._stop.wait(self.interval_s)
 
     def _run_subscribed(self) -> None:
         prefix = self.backend.get_key_for_task("-")[:-1]  # what precedes the task id in a result key
@@ -159,57 +154,54 @@ class ResultCollector:
                     pubsub.psubscribe(prefix + b"*")
                     last_poll = 0.0  # anything published while not subscribed: read it now
                 message = pubsub.get_message(timeout=self.SUBSCRIBED_POLL_S if self._pending else 0.5)
-                published: list[tuple[str, bytes, bytes]] = []
+                published: list[tuple[str, bytes, bytes | None]] = []
                 while message is not None:
                     if message["type"] == "pmessage":
                         channel = message["channel"]
                         published.append((channel[len(prefix):].decode(), channel, message["data"]))
                     message = pubsub.get_message(timeout=0)  # the rest of what has arrived, without waiting
                 if published:
-                    self._resolve(published)
+                    with self._lock:  # those nobody here awaits are another process's
+                        published = [entry for entry in published if entry[0] in self._pending]
+                    self._deliver(published)
                 now = time.monotonic()
                 if self._pending and now - last_poll >= self.SUBSCRIBED_POLL_S:
                     last_poll = now
-                    with self._lock:
-                        ids = list(self._pending)
-                        keys = [self._keys[task_id] for task_id in ids]
-                    for start in range(0, len(ids), self.batch):
-                        self._collect(ids[start:start + self.batch], keys[start:start + self.batch])
+                    self._poll_awaited()
             except redis.RedisError as error:
-                log.warning("result collection failed: %s", type(error).__name__, extra={"event": "results_unavailable"})
+                self._failed(error)
                 with contextlib.suppress(Exception):
                     pubsub.close()
                 pubsub = None
-                self._stop.wait(0.1)
         if pubsub is not None:
             with contextlib.suppress(Exception):
                 pubsub.close()
 
-    def _resolve(self, published: list[tuple[str, bytes, bytes]]) -> None:
-        """Results that arrived as messages: (task id, key, stored value). Those nobody here awaits are
-        another process's."""
-        with self._lock:
-            awaited = [(task_id, key, raw) for task_id, key, raw in published if task_id in self._pending]
-        ready: list[tuple[str, bytes, Outcome]] = []
-        for task_id, key, raw in awaited:
-            meta = self.backend.decode_result(raw)
-            if meta["status"] in states.READY_STATES:
-                ready.append((task_id, key, Outcome(task_id, meta["status"], meta["result"])))
-        self._deliver(ready)
+    def _failed(self, error: redis.RedisError) -> None:
+        log.warning("result collection failed: %s", type(error).__name__, extra={"event": "results_unavailable"})
+        self._stop.wait(0.1)
 
-    def _collect(self, ids: list[str], keys: list[bytes]) -> None:
+    def _poll_awaited(self) -> bool:
+        """Read the keys of every awaited task (MGETs of `batch` keys); whether any was awaited."""
+        with self._lock:
+            ids = list(self._pending)
+            keys = [self._keys[task_id] for task_id in ids]
+        for start in range(0, len(ids), self.batch):
+            chunk_ids, chunk_keys = ids[start:start + self.batch], keys[start:start + self.batch]
+            values: list[bytes | None] = self.client.mget(chunk_keys)  # type: ignore[assignment]
+            self._deliver(list(zip(chunk_ids, chunk_keys, values, strict=True)))
+        return bool(ids)
+
+    def _deliver(self, found: list[tuple[str, bytes, bytes | None]]) -> None:
+        """Stored values read for awaited tasks, (task id, key, value or None): the finished ones have
+        their keys deleted, then their futures resolved."""
         ready: list[tuple[str, bytes, Outcome]] = []
-        values: list[bytes | None] = self.client.mget(keys)  # type: ignore[assignment]
-        for task_id, key, raw in zip(ids, keys, values, strict=True):
+        for task_id, key, raw in found:
             if raw is None:
                 continue
             meta = self.backend.decode_result(raw)
             if meta["status"] in states.READY_STATES:
                 ready.append((task_id, key, Outcome(task_id, meta["status"], meta["result"])))
-        self._deliver(ready)
-
-    def _deliver(self, ready: list[tuple[str, bytes, Outcome]]) -> None:
-        """Delete the keys read, then resolve their futures."""
         if not ready:
             return
         if self.delete_after_read:

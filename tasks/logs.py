@@ -11,6 +11,7 @@ import logging
 import logging.handlers
 import queue
 import sys
+import threading
 import time
 from typing import Any
 
@@ -101,6 +102,33 @@ def _stream_handler(service: str, settings: Settings) -> logging.Handler:
 def log_event(logger: logging.Logger, event: str, /, level: int = logging.INFO, **fields: Any) -> None:
     """Log one CONTRACT.md event; the message is the event name, the fields carry the data."""
     logger.log(level, event, extra={"event": event, **fields})
+
+
+class LogBudget:
+    """At most `burst` lines of one event per `per_s` seconds: under overload a line per refused request
+    is thousands of lines a second, and writing them takes the CPU the refusals need. `take()` answers
+    whether this occurrence is logged and, if it is, how many were left out since the last line logged
+    (the metrics still count every one)."""
+
+    def __init__(self, burst: int = 100, per_s: float = 1.0) -> None:
+        self.burst = burst
+        self.per_s = per_s
+        self._window_ends = 0.0
+        self._left = 0
+        self._suppressed = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> int | None:
+        now = time.monotonic()
+        with self._lock:
+            if now >= self._window_ends:
+                self._window_ends, self._left = now + self.per_s, self.burst
+            if self._left <= 0:
+                self._suppressed += 1
+                return None
+            self._left -= 1
+            suppressed, self._suppressed = self._suppressed, 0
+            return suppressed
 
 
 def now_ms() -> int:

@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from tasks.errors import InferenceError
-from tasks.logs import log_event
+from tasks.logs import LogBudget, log_event
 from tasks.metrics import ADMISSION
-from webapp.server import SHED_KEY
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +34,33 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
     return response
 
 
-def shedder(maxsize: int) -> Callable[..., Iterable[bytes]]:
-    """The WSGI answer for a request refused at the HTTP backlog bound (webapp/server.py): 429 with an
-    integer Retry-After, without Flask, from the server's I/O thread. Its verdict, (requests waiting,
-    Retry-After), is in the environ."""
+# Refusals are logged one a line until REJECTION_LOG_BURST in a second, then left out (and counted in the
+# next line's `suppressed`) for the rest of that second: `inference_admission_total` counts every one.
+REJECTION_LOG_BURST = 100
+_rejections = LogBudget(burst=REJECTION_LOG_BURST, per_s=1.0)
 
-    def shed(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        waiting, retry_after = environ[SHED_KEY]
+
+def log_rejected(depth: int, maxsize: int, **fields: Any) -> None:
+    """`queue_job_rejected_full`, within the per-second budget."""
+    suppressed = _rejections.take()
+    if suppressed is not None:
+        if suppressed:
+            fields["suppressed"] = suppressed
+        log_event(log, "queue_job_rejected_full", depth=depth, maxsize=maxsize, **fields)
+
+
+Refusal = tuple[str, list[tuple[str, str]], bytes]
+
+
+def shedder(maxsize: int) -> Callable[[int, int], Refusal]:
+    """The answer to a request refused at the HTTP backlog bound (webapp/server.py), given (requests
+    waiting, Retry-After seconds): 429 with the contract's body and an integer Retry-After. Written by
+    the server's I/O thread straight after reading the request: no WSGI environ, no Flask."""
+
+    def shed(waiting: int, retry_after: int) -> Refusal:
         ADMISSION.labels("shed_full").inc()
-        log_event(log, "queue_job_rejected_full", depth=waiting, maxsize=maxsize, stage="http")
-        start_response("429 Too Many Requests", [("Content-Type", "application/json"),
-                                                 ("Content-Length", str(len(_SHED_BODY))),
-                                                 ("Retry-After", str(retry_after))])
-        return [_SHED_BODY]
+        log_rejected(waiting, maxsize, stage="http")
+        return "429 Too Many Requests", [("Content-Type", "application/json"), ("Retry-After", str(retry_after))], _SHED_BODY
 
     return shed
 

@@ -32,7 +32,7 @@ from tasks.serving import PromotedModel
 from tasks.storage import ObjectStore
 from webapp.batcher import Item, MicroBatcher, Sent
 from webapp.cache import ResponseCache
-from webapp.errors import ApiError
+from webapp.errors import ApiError, log_rejected
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class Gateway:
         settings = self.settings
         if settings.use_bounded_queue and sample.depth >= settings.queue_maxsize:
             ADMISSION.labels("shed_full").inc()
-            log_event(log, "queue_job_rejected_full", depth=sample.depth, maxsize=settings.queue_maxsize)
+            log_rejected(sample.depth, settings.queue_maxsize)
             wait = retry_after_s(sample.depth - settings.queue_maxsize + 1, self.drain.rate)
             raise ApiError(429, "queue_full", "Too many requests are queued; retry later.", {"Retry-After": str(wait)})
 

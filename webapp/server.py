@@ -38,13 +38,11 @@ log = logging.getLogger(__name__)
 
 FAST_PATHS = frozenset({"/healthz"})  # answered by the I/O thread
 PROBE_PATHS = frozenset({"/readyz", "/metrics"})  # answered by the probe thread, never shed
-# WSGI environ keys set by `MarkedTask`: when the request was read in full (epoch ms), and, for a request
-# refused at the backlog bound, (requests waiting, Retry-After seconds).
+# WSGI environ key set by `MarkedTask`: when the request was read in full (epoch ms).
 ARRIVED_KEY = "inference.arrived_ms"
 # A request is refused when it would spend more than this share of its deadline waiting for a thread:
 # the rest is for the queue, the worker and the answer.
 QUEUE_WAIT_SHARE = 0.5
-SHED_KEY = "inference.shed"
 # While draining, a keep-alive connection with no request for this long is closed. A client that sends on
 # it within the grace is answered (and told to close); longer idle connections are the ordinary keep-alive
 # race that HTTP clients handle by reconnecting.
@@ -58,7 +56,7 @@ class ProbeFirstDispatcher(ThreadedTaskDispatcher):
     deadline counts from then, not from when a thread takes it. `GET /healthz` is answered by the I/O
     thread at once; the other probes (/readyz, /metrics) go to a thread of their own. Any other request
     that finds `max_waiting` requests already waiting for a thread is answered 429 by the I/O thread
-    (`ShedTask`): each admitted /predict holds its thread until its result, so under overload this
+    (`MarkedTask`): each admitted /predict holds its thread until its result, so under overload this
     backlog, not the Redis queue, is where requests wait, and without a bound it grows until deadlines
     have passed for everything in it."""
 
@@ -125,12 +123,26 @@ class ProbeFirstDispatcher(ThreadedTaskDispatcher):
 
 
 class MarkedTask(WSGITask):
-    """waitress's WSGI task, passing the request's arrival time and its shedding verdict to the app."""
+    """waitress's WSGI task, passing the request's arrival time to the app; a request refused at the
+    backlog bound is answered with the server's `refusal` instead, without the app (like waitress's own
+    `ErrorTask`): under overload most requests are refusals, and building a WSGI environ and calling
+    through the middleware for each took CPU the admitted requests needed."""
+
+    def execute(self) -> None:
+        verdict = getattr(self.request, "shed", None)
+        if verdict is None:
+            super().execute()
+            return
+        status, headers, body = self.channel.server.refusal(*verdict)
+        self.status = status
+        self.response_headers.extend(headers)
+        self.content_length = len(body)
+        self.complete = True  # what start_response marks
+        self.write(body)
 
     def get_environment(self) -> dict[str, Any]:
         environ: dict[str, Any] = super().get_environment()
         environ[ARRIVED_KEY] = getattr(self.request, "arrived_ms", None)
-        environ[SHED_KEY] = getattr(self.request, "shed", None)
         return environ
 
 
@@ -281,9 +293,8 @@ class EventLoop:
 class InFlight:
     """WSGI middleware counting requests from start until their response has been fully produced."""
 
-    def __init__(self, app: Callable[..., Iterable[bytes]], shed: Callable[..., Iterable[bytes]] | None = None) -> None:
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
         self.app = app
-        self.shed = shed
         self.count = 0
         self.completed = 0
         self._lock = threading.Lock()
@@ -294,8 +305,6 @@ class InFlight:
             self.completed += 1
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get(SHED_KEY) and self.shed is not None:
-            return self.shed(environ, start_response)
         with self._lock:
             self.count += 1
         try:
@@ -324,12 +333,12 @@ class _Closing:
 
 
 def serve(app: Any, settings: Settings, on_drain: Callable[[], None],
-          shed: Callable[..., Iterable[bytes]] | None = None,
+          shed: Callable[[int, int], tuple[str, list[tuple[str, str]], bytes]] | None = None,
           deadline_of: Callable[[dict[str, str], int], int] | None = None) -> None:
-    """Run the server in this (main) thread until SIGTERM/SIGINT, then drain and return. `shed` answers
-    the requests refused in the backlog (QUEUE_MAXSIZE requests waiting for a thread, or a wait longer
+    """Run the server in this (main) thread until SIGTERM/SIGINT, then drain and return. `shed`, given
+    (requests waiting, Retry-After seconds), answers (status, headers, body) for the requests refused in the backlog (QUEUE_MAXSIZE requests waiting for a thread, or a wait longer
     than QUEUE_WAIT_SHARE of the request's deadline, which `deadline_of` computes)."""
-    counted = InFlight(app, shed)
+    counted = InFlight(app)
     # With several processes on the port each bounds its own backlog: together they hold QUEUE_MAXSIZE.
     max_waiting = -(-settings.queue_maxsize // settings.http_processes) if settings.use_bounded_queue and shed else 0
     dispatcher = ProbeFirstDispatcher(settings.http_threads, max_waiting=max_waiting)
@@ -360,6 +369,7 @@ def serve(app: Any, settings: Settings, on_drain: Callable[[], None],
         _dispatcher=dispatcher,
     )
     server.channel_class = QuietChannel
+    server.refusal = shed
     stopping = threading.Event()
 
     def _stop(signum: int, _frame: Any) -> None:

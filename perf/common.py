@@ -85,14 +85,23 @@ def free_loopback_port() -> int:
 
 
 def child_env(overrides: Mapping[str, str]) -> dict[str, str]:
-    """The caller's environment without any project variable (a stack is hermetic), plus `overrides`."""
+    """The caller's environment without any project variable (a stack is hermetic), plus `overrides`,
+    plus the settings named in PERF_ENV ("KEY=VALUE KEY=VALUE"), which win: for trying a setting on a
+    scenario, e.g. `PERF_ENV="HTTP_BACKLOG_WAIT_MS=20" make perf SCENARIO=original`."""
     from settings import Settings
 
     ours = {name.upper() for name in Settings.model_fields}
     env = {key: value for key, value in os.environ.items() if key.upper() not in ours}
     env.update({"PYTHONUNBUFFERED": "1", "LOG_FORMAT": "json"})
     env.update(overrides)
+    env.update(perf_env())
     return env
+
+
+def perf_env() -> dict[str, str]:
+    """The settings PERF_ENV adds to every process of a scenario's stack."""
+    pairs = [pair.partition("=") for pair in os.environ.get("PERF_ENV", "").split()]
+    return {key.upper(): value for key, sep, value in pairs if sep and key}
 
 
 def wait_http(url: str, timeout_s: float, process: ManagedProcess | None = None, status: int = 200) -> None:
@@ -368,6 +377,7 @@ def machine_info() -> dict[str, Any]:
         "os": platform.platform(),
         "git": commit or "unknown",
         "load_avg_at_start": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "settings_from_PERF_ENV": " ".join(f"{k}={v}" for k, v in perf_env().items()) or "none",
     }
 
 

@@ -50,6 +50,7 @@ from kafka import KafkaAdminClient, KafkaProducer
 
 from devtools.processes import PYTHON, ROOT, ManagedProcess, start_api, start_worker
 from devtools.services import Service, free_port, start_kafka, start_redis, start_s3
+from perf.common import child_env
 from perf.kafka_plots import burst_series, plot_inflight, plot_lag, write_series
 from settings import Settings
 from tasks.demo_model import FEATURES, SAMPLE_KEY, publish_demo
@@ -226,12 +227,12 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         topic = f"claims-{uuid.uuid4().hex[:6]}"
         group = f"burst-{topic}"
         metrics_port = free_port()
-        env = {**{k: v for k, v in os.environ.items() if k.upper() not in {n.upper() for n in Settings.model_fields}},
-               "REDIS_URL": settings.redis_url, "S3_ENDPOINT": s3_service.address, "LOG_FORMAT": "json",
-               "KAFKA_BOOTSTRAP_SERVERS": kafka_service.address, "KAFKA_TOPIC_CLAIMS": topic,
-               "KAFKA_TOPIC_DLQ": f"{topic}.dlq", "KAFKA_GROUP_ID": group, "KAFKA_TOPIC_PARTITIONS": str(PARTITIONS),
-               "QUEUE_MAXSIZE": str(args.maxsize), "QUEUE_WORKERS": str(args.workers),
-               "BRIDGE_METRICS_PORT": str(metrics_port), "PYTHONUNBUFFERED": "1"}
+        env = child_env({
+            "REDIS_URL": settings.redis_url, "S3_ENDPOINT": s3_service.address,
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_service.address, "KAFKA_TOPIC_CLAIMS": topic,
+            "KAFKA_TOPIC_DLQ": f"{topic}.dlq", "KAFKA_GROUP_ID": group, "KAFKA_TOPIC_PARTITIONS": str(PARTITIONS),
+            "QUEUE_MAXSIZE": str(args.maxsize), "QUEUE_WORKERS": str(args.workers),
+            "BRIDGE_METRICS_PORT": str(metrics_port)})
         logs = workdir / "logs"
         logs.mkdir(exist_ok=True)
         print("starting worker, bridge and API ...", flush=True)
@@ -240,7 +241,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         # wants, preempted at once by any other task) or a niceness (`nice -n N`: a smaller share).
         nice = (["chrt", "--idle", "0"] if args.bulk_priority == "idle" else ["nice", "-n", str(args.bulk_nice)]) \
             if split and args.bulk_priority != "normal" else []
-        if nice:
+        if nice and s3_service.process is not None:
             # Here the S3 stand-in serves only the bulk lane (/predict never reads storage), on the same two
             # cores; in a deployment it is MinIO on machines of its own. Give it the bulk lane's priority.
             if args.bulk_priority == "idle":

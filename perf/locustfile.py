@@ -119,6 +119,12 @@ def _check_predict(response) -> None:  # type: ignore[no-untyped-def]
         else:
             context["detail"] = "cached" if body.get("cached") is True else ""
         return
+    _check_error(response, body)
+
+
+def _check_error(response, body: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
+    """Any answer but a 200: a 429 or 503 with the contract's error body and an integer Retry-After is
+    load shedding (a success); anything else fails."""
     found = body.get("error")
     error: dict[str, Any] = found if isinstance(found, dict) else {}
     if not error.get("code"):
@@ -127,7 +133,7 @@ def _check_predict(response) -> None:  # type: ignore[no-untyped-def]
         if not response.headers.get("Retry-After", "").isdigit():
             response.failure(f"invalid body: {response.status_code} without an integer Retry-After")
         else:
-            context["detail"] = f"{error['code']} retry_after={response.headers['Retry-After']}"
+            response.request_meta["context"]["detail"] = f"{error['code']} retry_after={response.headers['Retry-After']}"
             response.success()  # shedding, counted under its request name below
     else:
         response.failure(f"status {response.status_code} {error['code']}")
@@ -179,7 +185,9 @@ class OriginalUser(FastHttpUser):
     def download(self) -> None:
         with self.client.get(f"/download_processed/{DOWNLOAD_KEY}", catch_response=True,
                              name="/download_processed") as response:
-            if response.status_code != 200:
-                response.failure(f"status {response.status_code} from the download")
+            if not response.status_code:
+                response.failure(f"transport error: {getattr(response, 'error', None)!r}"[:200])
+            elif response.status_code != 200:
+                _check_error(response, _json(response))
             elif not (response.content or b"").startswith(b"PAR1"):
                 response.failure("invalid body: download without a Parquet body")

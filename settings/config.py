@@ -67,6 +67,7 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     http_threads: int = Field(16, ge=1)
     http_processes: int = Field(1, ge=1, le=64)
+    http_backlog_wait_ms: int = Field(200, ge=0)
     http_keepalive: int = Field(60, ge=1)
     max_body_bytes: int = Field(1_048_576, ge=64)
     max_instances: int = Field(1024, ge=1)

@@ -60,12 +60,13 @@ class ProbeFirstDispatcher(ThreadedTaskDispatcher):
     backlog, not the Redis queue, is where requests wait, and without a bound it grows until deadlines
     have passed for everything in it."""
 
-    def __init__(self, threads: int, fast_threads: int = 1, max_waiting: int = 0) -> None:
+    def __init__(self, threads: int, fast_threads: int = 1, max_waiting: int = 0, max_wait_ms: int = 0) -> None:
         super().__init__()
         self.set_thread_count(threads)
         self.fast = ThreadedTaskDispatcher()
         self.fast.set_thread_count(fast_threads)
         self.max_waiting = max_waiting
+        self.max_wait_ms = max_wait_ms
         self.counter: InFlight | None = None  # its `completed`: the backlog's drain rate
         self.drain = DrainRate()
         self.deadline_of: Callable[[dict[str, str], int], int] | None = None
@@ -98,7 +99,9 @@ class ProbeFirstDispatcher(ThreadedTaskDispatcher):
 
     def too_late(self, request: Any, waiting: int) -> bool:
         """Whether, at the pace the threads finish requests, this one would wait for a thread longer than
-        QUEUE_WAIT_SHARE of its deadline: refused now rather than run late (or answered 504 after the wait)."""
+        QUEUE_WAIT_SHARE of its deadline or HTTP_BACKLOG_WAIT_MS: refused now rather than run late (or
+        answered 504 after the wait). A backlog longer than it takes to keep the threads busy adds waiting,
+        not throughput: under overload every admitted request would wait that long."""
         rate = self.drain.rate
         if self.deadline_of is None or waiting < len(self.threads) or rate <= 0:
             return False
@@ -106,7 +109,10 @@ class ProbeFirstDispatcher(ThreadedTaskDispatcher):
             budget_ms = self.deadline_of(request.headers, request.arrived_ms) - request.arrived_ms
         except Exception:  # noqa: BLE001 - a malformed deadline header: the view answers it 400
             return False
-        return waiting / rate * 1000 > budget_ms * QUEUE_WAIT_SHARE
+        limit_ms = budget_ms * QUEUE_WAIT_SHARE
+        if self.max_wait_ms:
+            limit_ms = min(limit_ms, self.max_wait_ms)
+        return waiting / rate * 1000 > limit_ms
 
     def shed_answer(self, waiting: int) -> tuple[int, int]:
         """(requests waiting, Retry-After seconds: the backlog over the rate the pool finishes requests)."""
@@ -336,12 +342,14 @@ def serve(app: Any, settings: Settings, on_drain: Callable[[], None],
           shed: Callable[[int, int], tuple[str, list[tuple[str, str]], bytes]] | None = None,
           deadline_of: Callable[[dict[str, str], int], int] | None = None) -> None:
     """Run the server in this (main) thread until SIGTERM/SIGINT, then drain and return. `shed`, given
-    (requests waiting, Retry-After seconds), answers (status, headers, body) for the requests refused in the backlog (QUEUE_MAXSIZE requests waiting for a thread, or a wait longer
-    than QUEUE_WAIT_SHARE of the request's deadline, which `deadline_of` computes)."""
+    (requests waiting, Retry-After seconds), answers (status, headers, body) for the requests refused in
+    the backlog: QUEUE_MAXSIZE requests waiting for a thread, or a wait longer than HTTP_BACKLOG_WAIT_MS
+    or QUEUE_WAIT_SHARE of the request's deadline (which `deadline_of` computes)."""
     counted = InFlight(app)
     # With several processes on the port each bounds its own backlog: together they hold QUEUE_MAXSIZE.
     max_waiting = -(-settings.queue_maxsize // settings.http_processes) if settings.use_bounded_queue and shed else 0
-    dispatcher = ProbeFirstDispatcher(settings.http_threads, max_waiting=max_waiting)
+    dispatcher = ProbeFirstDispatcher(settings.http_threads, max_waiting=max_waiting,
+                                      max_wait_ms=settings.http_backlog_wait_ms)
     dispatcher.counter = counted
     dispatcher.deadline_of = deadline_of
     if settings.http_processes > 1:  # one of several copies on the port (webapp/prefork.py)

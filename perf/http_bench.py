@@ -100,6 +100,10 @@ class Run:
         self.window = responses.where((done >= start) & (done < end))
         self.throughput = len(self.window) / (end - start)
         self.stats = latency_stats(self.window.latency_ms)
+        # What the callers got: valid 200s (a fast 429 is a response, not an answer).
+        answered = self.window.where((self.window.status == 200) & self.window.valid)
+        self.goodput = len(answered) / (end - start)
+        self.answered_stats = latency_stats(answered.latency_ms)
         self.per_second = responses.per_second(int(np.ceil(end)))
 
     def row(self) -> list[Any]:

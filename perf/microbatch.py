@@ -4,7 +4,9 @@ Issue 4, "what must hold" item 1. Two stacks, one after the other, identical but
 `ENABLE_MICROBATCH` (first `true`, then `false`); against each, the same closed-loop client
 (`perf.loadgen load`: every connection sends its next request as soon as the previous answer is
 complete) at each concurrency in turn, for `--duration-s`. The goal is a throughput ratio on/off of
-at least 3x at each concurrency, with p99 reported.
+at least 3x at each concurrency, with p99 reported: throughput counts valid 200s, since at 256
+connections the server's backlog bound refuses part of the requests with 429s, which are fast and
+would otherwise count as throughput.
 
 The batch-size distribution (batching on) is read two ways for each run: exactly, from the API's
 `batch_sent` log events written during the run (each carries `batch_size`), and from the API's
@@ -165,7 +167,7 @@ def run_mode(args: argparse.Namespace, raw: Path, mode: str, flag: str) -> tuple
 
 
 def ratios(runs: list[BatchRun], levels: list[int]) -> dict[int, float]:
-    by = {(r.mode, r.connections): r.run.throughput for r in runs}
+    by = {(r.mode, r.connections): r.run.goodput for r in runs}
     return {c: by[("on", c)] / by[("off", c)] if by.get(("off", c)) else float("nan") for c in levels}
 
 
@@ -259,9 +261,13 @@ def summary(info: dict[str, Any], args: argparse.Namespace, env: dict[str, str],
     results = markdown_table(
         ["run", "responses/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "statuses (whole run)", "invalid", "cores used"],
         [[r.label, *r.run.row()[1:]] for r in runs])
-    ratio_rows = [[c, f"{next(r.run.throughput for r in runs if r.mode == 'on' and r.connections == c):.0f}",
-                   f"{next(r.run.throughput for r in runs if r.mode == 'off' and r.connections == c):.0f}",
-                   f"**{ratio[c]:.2f}x**", "met" if ratio[c] >= GOAL_RATIO else "**missed**"] for c in args.levels]
+
+    def answered(mode: str, connections: int) -> str:
+        run = next(r.run for r in runs if r.mode == mode and r.connections == connections)
+        return f"{run.goodput:.0f} (p99 {ms(run.answered_stats['p99'])} ms)"
+
+    ratio_rows = [[c, answered("on", c), answered("off", c), f"**{ratio[c]:.2f}x**",
+                   "met" if ratio[c] >= GOAL_RATIO else "**missed**"] for c in args.levels]
     batch_rows = []
     for r in (r for r in runs if r.mode == "on"):
         s = r.batch_stats()
@@ -291,7 +297,9 @@ def summary(info: dict[str, Any], args: argparse.Namespace, env: dict[str, str],
             ["body", "`{\"features\": [9 numbers]}`, 1,024 distinct rows in turn"]]),
         "## Results\n\n" + results,
         "### Throughput ratio, batching on / off (goal >= 3x)\n\n" + markdown_table(
-            ["connections", "on (responses/s)", "off (responses/s)", "ratio", "goal"], ratio_rows),
+            ["connections", "on: 200s/s (their p99)", "off: 200s/s (their p99)", "ratio of 200s/s", "goal"], ratio_rows)
+        + "\n\nThe ratio counts valid 200s only: a request refused 429 (the server's backlog bound) is a response "
+        "but not an answer.",
         "### Batch sizes with batching on\n\n" + markdown_table(
             ["connections", "batches", "requests in them", "mean size", "p50", "p90", "max",
              "/metrics histogram delta (batches per bucket)"], batch_rows)

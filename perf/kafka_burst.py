@@ -79,8 +79,7 @@ class Sampler:
     """Every SAMPLE_INTERVAL_S: the bridge's in-flight gauge, its paused flag and its RSS; and, when they change,
     its committed offset, end offset and lag per partition of `topic` (its LagMonitor refreshes them once a second).
 
-    It runs in a process of its own, on a fixed tick, at a higher CPU priority where that is allowed: in this
-    process it shared the interpreter with the producer and the /predict bookkeeping, and gaps between samples
+    It runs in a process of its own, on a fixed tick: in this process it shared the interpreter with the producer and the /predict bookkeeping, and gaps between samples
     reached 200-380 ms."""
 
     def __init__(self, url: str, pid: int, topic: str = "") -> None:
@@ -107,8 +106,6 @@ class Sampler:
 
 def _sample(url: str, pid: int, topic: str, started: float, stop: Any, results: Any) -> None:
     """The sampler's process: sample until `stop` is set, then hand back (rows, offsets)."""
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, 0, -5)  # root only; otherwise it runs at the default priority
     process = psutil.Process(pid)
     session = requests.Session()
     rows: list[tuple[float, float, float, float]] = []

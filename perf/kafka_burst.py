@@ -79,8 +79,8 @@ class Sampler:
     """Every SAMPLE_INTERVAL_S: the bridge's in-flight gauge, its paused flag and its RSS; and, when they change,
     its committed offset, end offset and lag per partition of `topic` (its LagMonitor refreshes them once a second).
 
-    It runs in a process of its own, on a fixed tick: in this process it shared the interpreter with the producer and the /predict bookkeeping, and gaps between samples
-    reached 200-380 ms."""
+    It runs in a process of its own, on a fixed tick: in this process it shared the interpreter with the
+    producer and the /predict bookkeeping, and gaps between samples reached 200-380 ms."""
 
     def __init__(self, url: str, pid: int, topic: str = "") -> None:
         self.rows: list[tuple[float, float, float, float]] = []  # t, in_flight, paused, rss_mb

@@ -7,10 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from tasks.logs import now_ms
 from webapp.server import ProbeFirstDispatcher
 
 THREADS = 2
-ARRIVED_MS = 1_000_000
 
 
 class FixedRate:
@@ -32,7 +32,9 @@ def pools() -> Iterator[list[ProbeFirstDispatcher]]:
         pool.shutdown(timeout=1)
 
 
-REQUEST = SimpleNamespace(headers={}, arrived_ms=ARRIVED_MS)
+def request(unread_ms: int = 0) -> SimpleNamespace:
+    """A request read just now, after `unread_ms` in its socket."""
+    return SimpleNamespace(headers={}, arrived_ms=now_ms() - unread_ms)
 
 
 @pytest.mark.parametrize(("max_wait_ms", "deadline_in_ms", "waiting", "refused"), [
@@ -48,4 +50,17 @@ def test_a_request_is_refused_when_its_wait_would_pass_the_cap_or_half_its_deadl
 ) -> None:
     pool = dispatcher(max_wait_ms, deadline_in_ms)
     pools.append(pool)
-    assert pool.too_late(REQUEST, waiting) is refused
+    assert pool.too_late(request(), waiting) is refused
+
+
+@pytest.mark.parametrize(("unread_ms", "waiting", "refused"), [
+    (150, 0, False),  # 150 ms unread in its socket, a thread free: within the 200 ms cap
+    (250, 0, True),  # the I/O thread is 250 ms behind: refused at once, whatever the backlog
+    (150, 10, True),  # 150 ms unread + 100 ms of backlog
+])
+def test_the_time_a_request_spent_unread_in_its_socket_counts_towards_its_wait(
+    pools: list[ProbeFirstDispatcher], unread_ms: int, waiting: int, refused: bool
+) -> None:
+    pool = dispatcher(200, 10_000)
+    pools.append(pool)
+    assert pool.too_late(request(unread_ms), waiting) is refused

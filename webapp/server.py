@@ -120,6 +120,8 @@ class ProbeFirstDispatcher(ThreadedTaskDispatcher):
             budget_ms = self.deadline_of(request.headers, request.arrived_ms) - request.arrived_ms
         except Exception:  # noqa: BLE001 - a malformed deadline header: the view answers it 400
             return False
+        if budget_ms <= 0:
+            return False  # past its deadline already: the view answers it 504 deadline_exceeded
         limit_ms = budget_ms * QUEUE_WAIT_SHARE
         if self.max_wait_ms:
             limit_ms = min(limit_ms, self.max_wait_ms)

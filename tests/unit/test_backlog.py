@@ -18,6 +18,7 @@ class FixedRate:
 
 
 def dispatcher(max_wait_ms: int, deadline_in_ms: int) -> ProbeFirstDispatcher:
+    """A pool of THREADS finishing FixedRate requests a second; deadlines `deadline_in_ms` after arrival."""
     pool = ProbeFirstDispatcher(THREADS, max_waiting=1000, max_wait_ms=max_wait_ms)
     pool.drain = FixedRate()  # type: ignore[assignment]
     pool.deadline_of = lambda _headers, arrived_ms: arrived_ms + deadline_in_ms
@@ -64,3 +65,12 @@ def test_the_time_a_request_spent_unread_in_its_socket_counts_towards_its_wait(
     pool = dispatcher(200, 10_000)
     pools.append(pool)
     assert pool.too_late(request(unread_ms), waiting) is refused
+
+
+@pytest.mark.parametrize("deadline_in_ms", [0, -1000])
+def test_a_request_past_its_deadline_is_left_to_the_view_which_answers_504(
+    pools: list[ProbeFirstDispatcher], deadline_in_ms: int
+) -> None:
+    pool = dispatcher(200, deadline_in_ms)
+    pools.append(pool)
+    assert pool.too_late(request(unread_ms=5), waiting=50) is False

@@ -128,8 +128,8 @@ def test_a_full_queue_sheds_with_429_and_a_retry_after(idle_api: ManagedProcess,
 def test_requests_beyond_the_backlog_bound_get_429_and_the_wait_counts_against_their_deadline(
     module_env: dict[str, str], module_redis: redis.Redis, log_dir: Path, demo_model: str
 ) -> None:
-    # Given an API with 2 request threads, a bound of 4 and no worker: each admitted request holds its
-    # thread until its deadline, so further requests wait for a thread in the server's backlog
+    # Given an API with 2 request threads, a bound of 4 and no worker, and both threads held until their
+    # 1.5 s deadline by requests already enqueued
     module_redis.flushdb()
     server = start_api({**module_env, "QUEUE_MAXSIZE": "4", "HTTP_THREADS": "2"}, log_dir, free_port(), ready=False)
     try:
@@ -137,30 +137,34 @@ def test_requests_beyond_the_backlog_bound_get_429_and_the_wait_counts_against_t
         answers: list[tuple[int, float, str]] = []
         lock = threading.Lock()
 
-        def call() -> None:
+        def call(timeout_ms: int) -> None:
             started = time.monotonic()
-            response = post(server.url, 1500)
+            response = post(server.url, timeout_ms)
             with lock:
                 answers.append((response.status_code, time.monotonic() - started, response.text))
 
-        # When 12 requests with a 1.5 s deadline arrive at once
-        callers = [threading.Thread(target=call) for _ in range(12)]
+        holders = [threading.Thread(target=call, args=(1500,)) for _ in range(2)]
+        for thread in holders:
+            thread.start()
+        server.wait_for(lambda: len(server.events("queue_enqueued")) == 2, 10, "both threads taken")
+        # When 10 requests with a 1 s deadline arrive at once
+        callers = [threading.Thread(target=call, args=(1000,)) for _ in range(10)]
         for thread in callers:
             thread.start()
-        for thread in callers:
+        for thread in holders + callers:
             thread.join(10)
-        # Then 2 hold the threads, at most 4 wait in the backlog (fewer if a thread had not yet taken its
-        # request when the others arrived), and the rest are refused at once with 429
+        # Then 4 wait in the backlog and the other 6 are refused at once with 429
         statuses = sorted(status for status, _, _ in answers)
-        assert len(answers) == 12 and 6 <= statuses.count(429) <= 8, statuses
+        assert statuses == [429] * 6 + [504] * 6, statuses
         shed = [(elapsed, json.loads(text)) for status, elapsed, text in answers if status == 429]
         assert all(body["error"]["code"] == "queue_full" for _, body in shed)
         assert max(elapsed for elapsed, _ in shed) < 0.5
-        # And the ones that waited get their 504 by their deadline, counted from arrival: the two that ran
-        # first at 1.5 s, the four behind them when a thread frees up, already past it, without being run
-        late = [elapsed for status, elapsed, _ in answers if status == 504]
-        assert len(late) == 12 - statuses.count(429) and max(late) < 2.0, late
-        rejected = server.wait_for_event("queue_job_rejected_full", 10, count=statuses.count(429))
+        # And the ones that waited get their 504 when a thread frees up (at the holders' deadline), already
+        # past their own deadline (counted from arrival) and without being run: nothing more was enqueued
+        late = sorted(elapsed for status, elapsed, _ in answers if status == 504)
+        assert max(late) < 2.0, late
+        assert len(server.events("queue_enqueued")) == 2
+        rejected = server.wait_for_event("queue_job_rejected_full", 10, count=6)
         assert all(e["stage"] == "http" and e["maxsize"] == 4 for e in rejected)
     finally:
         server.stop()

@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 
 FAST_PATHS = frozenset({"/healthz"})  # answered by the I/O thread
 PROBE_PATHS = frozenset({"/readyz", "/metrics"})  # answered by the probe thread, never shed
-# WSGI environ key set by `MarkedTask`: when the request was read in full (epoch ms).
+# WSGI environ key set by `MarkedTask`: when the request arrived (epoch ms): the kernel's receive time of the
+# data that completed it, or, where sockets carry no receive timestamp, when it was read in full.
 ARRIVED_KEY = "inference.arrived_ms"
 # A request is refused when it would spend more than this share of its deadline waiting for a thread:
 # the rest is for the queue, the worker and the answer.
@@ -55,8 +56,8 @@ IDLE_GRACE_S = 1.0
 class ProbeFirstDispatcher(ThreadedTaskDispatcher):
     """waitress's thread pool, with probes first and a bounded backlog.
 
-    Every request is stamped with its arrival (when it has been read in full) as it is handed over; its
-    deadline counts from then, not from when a thread takes it. `GET /healthz` is answered by the I/O
+    Every request is stamped with its arrival (the kernel's receive time of its last bytes) as it is
+    handed over; its deadline counts from then, not from when the I/O thread read it or a thread takes it. `GET /healthz` is answered by the I/O
     thread at once; the other probes (/readyz, /metrics) go to a thread of their own. Any other request
     that finds `max_waiting` requests already waiting for a thread is answered 429 by the I/O thread
     (`MarkedTask`): each admitted /predict holds its thread until its result, so under overload this
@@ -168,7 +169,7 @@ class MarkedTask(WSGITask):
 # SO_TIMESTAMP (Linux; Python does not name it): recvmsg() then carries the kernel's receive time as a
 # struct timeval. Measured: recvmsg() with it costs ~0.6 us more than recv().
 _SO_TIMESTAMP = 29
-_TIMEVAL = struct.Struct("@qq")
+_TIMEVAL = struct.Struct("@ll")  # struct timeval: time_t and suseconds_t, longs on Linux
 _TIMESTAMP_SPACE = socket.CMSG_SPACE(_TIMEVAL.size)
 
 

@@ -56,7 +56,7 @@ from kafka import KafkaAdminClient, KafkaProducer
 
 from devtools.processes import PYTHON, ROOT, ManagedProcess, start_api, start_worker
 from devtools.services import Service, free_port, start_kafka, start_redis, start_s3
-from perf.common import child_env
+from perf.common import child_env, markdown_table, verdict
 from perf.kafka_plots import burst_series, plot_inflight, plot_lag, write_series
 from settings import Settings
 from tasks.demo_model import FEATURES, SAMPLE_KEY, publish_demo
@@ -417,8 +417,7 @@ def write_summary(out: Path) -> None:
         "bridge's /metrics and /proc. Drain rate: N over the time from the first publish until every "
         "partition's committed offset reached its end. /predict: one client, back to back.",
         "",
-        "| | " + " | ".join(f"QUEUE_MAXSIZE={r['maxsize']}" + (f" ({r['label']})" if r.get("label") else "")
-                            for r in runs) + " |",
+        "| | " + " | ".join(run_name(r) for r in runs) + " |",
         "| --- | " + " | ".join("---" for _ in runs) + " |",
     ]
     fields = [
@@ -459,28 +458,25 @@ DRAIN_GOAL_PER_S = 250  # the original system drained ~14 claims/s
 PREDICT_P99_FACTOR = 2.0  # /predict p99 while a burst drains, against its idle value
 
 
+def run_name(run: dict[str, Any]) -> str:
+    return f"QUEUE_MAXSIZE={run['maxsize']}" + (f" ({run['label']})" if run.get("label") else "")
+
+
 def goal_lines(runs: list[dict[str, Any]]) -> list[str]:
     """The goals of the burst, run by run: the bound, the drain rate, /predict while it drains."""
-    def name(run: dict[str, Any]) -> str:
-        return f"QUEUE_MAXSIZE={run['maxsize']}" + (f" ({run['label']})" if run.get("label") else "")
-
-    def met(ok: bool) -> str:
-        return "met" if ok else "**missed**"
-
     rows = []
     for run in runs:
-        rows.append(["in flight never above QUEUE_MAXSIZE", name(run), f"max {run.get('in_flight_max')}",
-                     met(bool(run.get("within_bound")))])
+        rows.append(["in flight never above QUEUE_MAXSIZE", run_name(run), f"max {run.get('in_flight_max')}",
+                     "met" if run.get("within_bound") else "**missed**"])
         rate = run.get("drain_rate_per_s") or 0.0
         busy = "with /predict traffic" if run.get("predict_busy_count") else "no other traffic"
-        rows.append([f"drain rate >= {DRAIN_GOAL_PER_S} claims/s", name(run), f"{rate} ({busy})",
-                     met(rate >= DRAIN_GOAL_PER_S)])
+        rows.append([f"drain rate >= {DRAIN_GOAL_PER_S} claims/s", run_name(run), f"{rate} ({busy})",
+                     verdict(DRAIN_GOAL_PER_S, rate)])
         idle, during = run.get("predict_idle_p99_ms"), run.get("predict_busy_p99_ms")
         if idle and during:
-            rows.append([f"/predict p99 while draining <= {PREDICT_P99_FACTOR:g}x idle", name(run),
-                         f"{idle} -> {during} ms ({during / idle:.2f}x)", met(during <= PREDICT_P99_FACTOR * idle)])
-    header = "| goal | run | this run | verdict |\n| --- | --- | --- | --- |"
-    return [header, *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)]
+            rows.append([f"/predict p99 while draining <= {PREDICT_P99_FACTOR:g}x idle", run_name(run),
+                         f"{idle} -> {during} ms ({during / idle:.2f}x)", verdict(during, PREDICT_P99_FACTOR * idle)])
+    return markdown_table(["goal", "run", "this run", "verdict"], rows).splitlines()
 
 
 def sample_gaps(path: Path) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 from tasks.errors import InferenceError
 from tasks.logs import LogBudget, log_event
 from tasks.metrics import ADMISSION
+from webapp.server import Refusal
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +41,15 @@ REJECTION_LOG_BURST = 100
 _rejections = LogBudget(burst=REJECTION_LOG_BURST, per_s=1.0)
 
 
-def log_rejected(depth: int, maxsize: int, **fields: Any) -> None:
-    """`queue_job_rejected_full`, within the per-second budget."""
+def count_rejected(depth: int, maxsize: int, **fields: Any) -> None:
+    """A request refused at a bound: counted (`shed_full`) and logged `queue_job_rejected_full` within the
+    per-second budget."""
+    ADMISSION.labels("shed_full").inc()
     suppressed = _rejections.take()
     if suppressed is not None:
         if suppressed:
             fields["suppressed"] = suppressed
         log_event(log, "queue_job_rejected_full", depth=depth, maxsize=maxsize, **fields)
-
-
-Refusal = tuple[str, list[tuple[str, str]], bytes]
 
 
 def shedder(maxsize: int) -> Callable[[int, int], Refusal]:
@@ -58,8 +58,7 @@ def shedder(maxsize: int) -> Callable[[int, int], Refusal]:
     the server's I/O thread straight after reading the request: no WSGI environ, no Flask."""
 
     def shed(waiting: int, retry_after: int) -> Refusal:
-        ADMISSION.labels("shed_full").inc()
-        log_rejected(waiting, maxsize, stage="http")
+        count_rejected(waiting, maxsize, stage="http")
         return "429 Too Many Requests", [("Content-Type", "application/json"), ("Retry-After", str(retry_after))], _SHED_BODY
 
     return shed

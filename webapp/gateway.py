@@ -32,7 +32,7 @@ from tasks.serving import PromotedModel
 from tasks.storage import ObjectStore
 from webapp.batcher import Item, MicroBatcher, Sent
 from webapp.cache import ResponseCache
-from webapp.errors import ApiError, log_rejected
+from webapp.errors import ApiError, count_rejected
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +160,7 @@ class Gateway:
         """Raise 429, with a Retry-After from the queue length and the drain rate, at the bound."""
         settings = self.settings
         if settings.use_bounded_queue and sample.depth >= settings.queue_maxsize:
-            ADMISSION.labels("shed_full").inc()
-            log_rejected(sample.depth, settings.queue_maxsize)
+            count_rejected(sample.depth, settings.queue_maxsize)
             wait = retry_after_s(sample.depth - settings.queue_maxsize + 1, self.drain.rate)
             raise ApiError(429, "queue_full", "Too many requests are queued; retry later.", {"Retry-After": str(wait)})
 

@@ -47,6 +47,8 @@ ARRIVED_KEY = "inference.arrived_ms"
 # A request is refused when it would spend more than this share of its deadline waiting for a thread:
 # the rest is for the queue, the worker and the answer.
 QUEUE_WAIT_SHARE = 0.5
+# A refusal's answer: (status line, headers, body).
+Refusal = tuple[str, list[tuple[str, str]], bytes]
 # While draining, a keep-alive connection with no request for this long is closed. A client that sends on
 # it within the grace is answered (and told to close); longer idle connections are the ordinary keep-alive
 # race that HTTP clients handle by reconnecting.
@@ -84,7 +86,8 @@ class ProbeFirstDispatcher(ThreadedTaskDispatcher):
         if getattr(request, "arrived_ms", None) is None:
             # When the kernel received it (the socket's receive timestamp), else now: time spent unread in
             # the socket, while the I/O thread was behind, counts against the request's deadline.
-            request.arrived_ms = min(getattr(task, "received_at_ms", None) or now_ms(), now_ms())
+            now = now_ms()
+            request.arrived_ms = min(getattr(task, "received_at_ms", None) or now, now)
         inline = isinstance(task, QuietChannel) and threading.current_thread() is threading.main_thread()
         if request.command == "GET" and request.path in FAST_PATHS:
             if inline:
@@ -394,7 +397,7 @@ class _Closing:
 
 
 def serve(app: Any, settings: Settings, on_drain: Callable[[], None],
-          shed: Callable[[int, int], tuple[str, list[tuple[str, str]], bytes]] | None = None,
+          shed: Callable[[int, int], Refusal] | None = None,
           deadline_of: Callable[[dict[str, str], int], int] | None = None) -> None:
     """Run the server in this (main) thread until SIGTERM/SIGINT, then drain and return. `shed`, given
     (requests waiting, Retry-After seconds), answers (status, headers, body) for the requests refused in

@@ -78,6 +78,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
         "worker_concurrency": settings.queue_workers,
+        # Prefork, with a shutdown that cannot hang on a task message half written to a pool process.
+        "worker_pool": "tasks.pool:TaskPool",
         "worker_send_task_events": True,
         "task_send_sent_event": False,
         "worker_cancel_long_running_tasks_on_connection_loss": False,

@@ -237,11 +237,7 @@ def succeeded(app: InferenceCelery, ids: list[str] | set[str]) -> set[str]:
 def test_worker_sigterm_finishes_running_tasks_and_leaves_the_rest_queued(
         lanes: tuple[dict[str, str], InferenceCelery], log_dir: Path) -> None:
     env, app = lanes
-    # One process: Celery (billiard 4.3) hangs in warm shutdown when SIGTERM arrives while the main process is
-    # still writing a task message larger than the pipe buffer (64 KiB) to an idle child: the child waits for
-    # the rest, the main process for the child. These messages are 8 MB; with one process and prefetch 1 no
-    # message is being handed over while the task runs, which is when the signal is sent.
-    first = start_node(env, log_dir, "drain-a", processes=1)
+    first = start_node(env, log_dir, "drain-a")
     try:
         with TaskEvents(app) as events:
             # Given a worker node working through 6 tasks of about a second each
@@ -279,6 +275,45 @@ def test_worker_sigterm_finishes_running_tasks_and_leaves_the_rest_queued(
     assert took <= WORKER_DRAIN_TIMEOUT_S
     assert done == set(ids) and not twice
     assert by_second == left
+
+
+def test_worker_sigterm_while_a_task_is_handed_to_a_pool_process_exits_and_loses_nothing(
+        lanes: tuple[dict[str, str], InferenceCelery], log_dir: Path) -> None:
+    """The main process writes a task to a pool process's pipe a piece at a time when it is larger than the pipe
+    (64 KiB; these are 8 MB). Celery's own warm shutdown hangs when SIGTERM lands in between: the pool process
+    waits for the rest, the pool's join for the pool process (tasks/pool.py)."""
+    env, app = lanes
+    first = start_node(env, log_dir, "handover-a")
+    try:
+        with TaskEvents(app) as events:
+            # Given a worker node with two idle pool processes
+            # When it receives SIGTERM as soon as it has received its first 8 MB task, while handing it over
+            events.on_first("received", first, lambda: first.signal(signal.SIGTERM))
+            ids = enqueue_slow(app, 6)
+            wait_until(events.fired.is_set, 60, "a task received by handover-a", [first])
+            signalled = events.fired_at
+            # Then it exits 0 promptly, having run to the end whatever it had started
+            code = first.wait_exit(WORKER_DRAIN_TIMEOUT_S)
+            took = time.time() - signalled
+            assert code == 0, first.output()[-3000:]
+            started_on_first = set(events.of("started", first))
+            assert succeeded(app, started_on_first) == started_on_first, "a task started before exit did not finish"
+            stopped = first.events("pool_process_stopped_mid_message")
+            # And every other task is still queued: another node runs them, none is lost or run twice
+            second = start_node(env, log_dir, "handover-b")
+            try:
+                wait_until(lambda: set(events.of("succeeded")) >= set(ids), 90, "every task succeeded", [second])
+                done, started = succeeded(app, ids), Counter(events.of("started"))
+            finally:
+                second.stop()
+    finally:
+        first.stop()
+    twice = sorted(task_id for task_id, times in started.items() if times > 1)
+    print(f"\nworker SIGTERM during a hand-over: accepted {len(ids)}, handover-a {len(started_on_first)} done, pool "
+          f"processes stopped mid-message {len(stopped)}; results {len(done)}, lost {len(ids) - len(done)}, run twice "
+          f"{len(twice)}; exit {code} after {took:.2f}s")
+    assert took <= WORKER_DRAIN_TIMEOUT_S
+    assert done == set(ids) and not twice
 
 
 def test_worker_sigterm_then_sigquit_stops_at_once_and_requeues_the_running_task(

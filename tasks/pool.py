@@ -9,7 +9,8 @@ and so does its cold shutdown (SIGQUIT), which joins the pool the same way.
 - Warm shutdown: before the pool is closed, a pool process waiting for the rest of a message is stopped.
   It was idle (it had not received its task yet); the message was never acknowledged and goes back to the
   queue with the others not started. (Finishing the write instead hands out a new task during the
-  shutdown, and billiard then stops reading that process's result: it waits 30 s and the result is lost.)
+  shutdown: the pool process runs it, then waits 30 s for the main process to read a result it no
+  longer reads, and the message, never acknowledged, runs again elsewhere.)
 - Cold shutdown: the pool processes are killed, not joined. Celery's own terminate sends them SIGTERM,
   after which a pool process still waits up to 30 s for the main process to read its last result, which
   it no longer does. What they were running was never acknowledged and goes back to the queue
@@ -50,9 +51,9 @@ class TaskPool(prefork.TaskPool):
             super().on_stop()
 
 
-def stop_partly_sent(pool: asynpool.AsynPool) -> int:
+def stop_partly_sent(pool: asynpool.AsynPool) -> None:
     """Stop every pool process a task message is partly written to, and forget that job (its message goes
-    back to the queue when the worker's broker channel closes); returns how many there were."""
+    back to the queue when the worker's broker channel closes)."""
     writers = {asynpool._get_job_writer(job): job for job in tuple(pool._cache.values())}
     partial = [(gen, writers[gen]) for gen in tuple(pool._active_writers)
                if gen in writers and gen.__name__ == "_write_job" and not asynpool.gen_not_started(gen)]
@@ -62,4 +63,3 @@ def stop_partly_sent(pool: asynpool.AsynPool) -> int:
         process.terminate()
         pool._active_writers.discard(gen)
         job.discard()
-    return len(partial)

@@ -423,6 +423,7 @@ def write_summary(out: Path) -> None:
     fields = [
         ("claims", "claims published"), ("lanes", "worker lanes"), ("bulk_nice", "bulk lane CPU priority"),
         ("interactive_workers", "interactive-only worker processes"),
+        ("workers", "bulk-lane worker processes (split) or all (shared)"),
         ("samples", "in-flight samples"),
         ("sample_interval_ms_max", "longest gap between samples (ms)"),
         ("sample_gap_p99_ms", "p99 gap between samples (ms)"), ("gaps_over_100ms", "gaps over 100 ms"),
@@ -500,7 +501,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="QUEUE_MAXSIZE for the bridge; comma-separated: one burst for each, in turn")
     parser.add_argument("--ttl-every", type=int, default=10,
                         help="every Nth claim carries a deadline 1 ms after publishing (the TTL subset; 0: none)")
-    parser.add_argument("--workers", type=int, default=2, help="QUEUE_WORKERS of the one worker")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="QUEUE_WORKERS of the bulk node (split lanes; default: the cores less one) or of the "
+                             "one node (shared lanes; default 2)")
     parser.add_argument("--timeout-s", type=float, default=900)
     parser.add_argument("--predict-idle-s", type=float, default=20.0,
                         help="how long /predict is probed idle (a p99 over ~1,500 answers, not ~300)")
@@ -522,6 +525,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
     args = parser.parse_args(argv)
     args.claims = args.claims or (2_000 if args.quick else 10_000)
+    if args.workers is None:
+        # Split lanes: the bulk node leaves a core to /predict. SCHED_IDLE yields the CPU to a waking task only
+        # when the kernel next reschedules, which on a PREEMPT_NONE kernel waits until a bulk process in a
+        # system call returns; with a core left over, the interactive lane wakes on it at once (README,
+        # "Split the lanes").
+        args.workers = max(1, (os.cpu_count() or 2) - 1) if args.lanes == "split" else 2
     # One burst per bound, each on a stack of its own: with the /predict probe (unless --no-api), then
     # the --alone bounds without it. The probe is a back-to-back client on the interactive lane, which has
     # the CPU first: on two cores it takes much of what the bulk lane would drain with.

@@ -234,6 +234,37 @@ def succeeded(app: InferenceCelery, ids: list[str] | set[str]) -> set[str]:
     return {task_id for task_id in ids if app.backend.get_task_meta(task_id)["status"] == "SUCCESS"}
 
 
+def sigterm_on_first(kind: str, node: ManagedProcess, app: InferenceCelery, events: TaskEvents) -> tuple[list[str], float]:
+    """Enqueue 6 slow tasks and send `node` SIGTERM as soon as its first `task-<kind>` event arrives; returns the
+    task ids and when the signal was sent (epoch seconds)."""
+    events.on_first(kind, node, lambda: node.signal(signal.SIGTERM))
+    ids = enqueue_slow(app, 6)
+    wait_until(events.fired.is_set, 60, f"a task {kind} on {node.name}", [node])
+    return ids, events.fired_at
+
+
+def exits_having_finished(node: ManagedProcess, app: InferenceCelery, events: TaskEvents) -> tuple[int, set[str]]:
+    """Wait for `node` to exit; it must exit 0 with every task it started stored as SUCCESS. Returns the exit
+    code and the tasks it started."""
+    code = node.wait_exit(WORKER_DRAIN_TIMEOUT_S)
+    assert code == 0, node.output()[-3000:]
+    started = set(events.of("started", node))
+    assert succeeded(app, started) == started, "a task started before the exit did not finish"
+    return code, started
+
+
+def run_the_rest(env: dict[str, str], log_dir: Path, app: InferenceCelery, events: TaskEvents, ids: list[str],
+                 name: str) -> tuple[set[str], Counter[str], set[str]]:
+    """Start another node and wait until every task has succeeded; returns the tasks stored as SUCCESS, how
+    many times each task started (on any node), and the tasks this node completed."""
+    node = start_node(env, log_dir, name)
+    try:
+        wait_until(lambda: set(events.of("succeeded")) >= set(ids), 90, "every task succeeded", [node])
+        return succeeded(app, ids), Counter(events.of("started")), set(events.of("succeeded", node))
+    finally:
+        node.stop()
+
+
 def test_worker_sigterm_finishes_running_tasks_and_leaves_the_rest_queued(
         lanes: tuple[dict[str, str], InferenceCelery], log_dir: Path) -> None:
     env, app = lanes
@@ -242,30 +273,18 @@ def test_worker_sigterm_finishes_running_tasks_and_leaves_the_rest_queued(
         with TaskEvents(app) as events:
             # Given a worker node working through 6 tasks of about a second each
             # When it receives SIGTERM while they run (as soon as the first one has started)
-            events.on_first("started", first, lambda: first.signal(signal.SIGTERM))
-            ids = enqueue_slow(app, 6)
-            wait_until(events.fired.is_set, 60, "a task started on drain-a", [first])
-            signalled = events.fired_at
+            ids, signalled = sigterm_on_first("started", first, app, events)
             # Then it finishes every task it had started and exits 0 (the worker has no drain timeout of its
             # own: warm shutdown waits for the running tasks; this bounds it for tasks of about a second)
-            code = first.wait_exit(WORKER_DRAIN_TIMEOUT_S)
+            code, started_on_first = exits_having_finished(first, app, events)
             took = time.time() - signalled
-            assert code == 0, first.output()[-3000:]
-            started_on_first = set(events.of("started", first))
-            assert succeeded(app, started_on_first) == started_on_first, "a task running at SIGTERM did not finish"
             wait_until(lambda: set(events.of("succeeded", first)) >= started_on_first, 10, "drain-a's last events")
             running = set(events.of("succeeded", first, after=signalled))
             assert running, "no task was running at SIGTERM: make SLOW_TASK_ROWS larger"
             left = set(ids) - started_on_first
             assert left, "drain-a took every task: make the burst larger"
             # And the tasks it had not started are still queued: another node runs them, none is lost or run twice
-            second = start_node(env, log_dir, "drain-b")
-            try:
-                wait_until(lambda: set(events.of("succeeded")) >= set(ids), 90, "every task succeeded", [second])
-                done, started = succeeded(app, ids), Counter(events.of("started"))
-                by_second = set(events.of("succeeded", second))
-            finally:
-                second.stop()
+            done, started, by_second = run_the_rest(env, log_dir, app, events, ids, "drain-b")
     finally:
         first.stop()
     twice = sorted(task_id for task_id, times in started.items() if times > 1)
@@ -288,24 +307,13 @@ def test_worker_sigterm_while_a_task_is_handed_to_a_pool_process_exits_and_loses
         with TaskEvents(app) as events:
             # Given a worker node with two idle pool processes
             # When it receives SIGTERM as soon as it has received its first 8 MB task, while handing it over
-            events.on_first("received", first, lambda: first.signal(signal.SIGTERM))
-            ids = enqueue_slow(app, 6)
-            wait_until(events.fired.is_set, 60, "a task received by handover-a", [first])
-            signalled = events.fired_at
+            ids, signalled = sigterm_on_first("received", first, app, events)
             # Then it exits 0 promptly, having run to the end whatever it had started
-            code = first.wait_exit(WORKER_DRAIN_TIMEOUT_S)
+            code, started_on_first = exits_having_finished(first, app, events)
             took = time.time() - signalled
-            assert code == 0, first.output()[-3000:]
-            started_on_first = set(events.of("started", first))
-            assert succeeded(app, started_on_first) == started_on_first, "a task started before exit did not finish"
             stopped = first.events("pool_process_stopped_mid_message")
             # And every other task is still queued: another node runs them, none is lost or run twice
-            second = start_node(env, log_dir, "handover-b")
-            try:
-                wait_until(lambda: set(events.of("succeeded")) >= set(ids), 90, "every task succeeded", [second])
-                done, started = succeeded(app, ids), Counter(events.of("started"))
-            finally:
-                second.stop()
+            done, started, _ = run_the_rest(env, log_dir, app, events, ids, "handover-b")
     finally:
         first.stop()
     twice = sorted(task_id for task_id, times in started.items() if times > 1)
@@ -324,9 +332,7 @@ def test_worker_sigterm_then_sigquit_stops_at_once_and_requeues_the_running_task
         with TaskEvents(app) as events:
             # Given a worker node running slow tasks
             # When it receives SIGTERM (warm shutdown) as soon as a task has started, then SIGQUIT (cold shutdown)
-            events.on_first("started", first, lambda: first.signal(signal.SIGTERM))
-            ids = enqueue_slow(app, 6)
-            wait_until(events.fired.is_set, 60, "a task started on cold-a", [first])
+            ids, _ = sigterm_on_first("started", first, app, events)
             first.wait_for(lambda: "Warm shutdown" in first.output(), 10, "the warm shutdown")
             quit_at = time.monotonic()
             first.signal(signal.SIGQUIT)
@@ -337,13 +343,7 @@ def test_worker_sigterm_then_sigquit_stops_at_once_and_requeues_the_running_task
             interrupted = started_on_first - succeeded(app, started_on_first)
             assert interrupted, "every task had finished before SIGQUIT: make SLOW_TASK_ROWS larger"
             # And the interrupted tasks went back to the queue: another node completes them, none is lost
-            second = start_node(env, log_dir, "cold-b")
-            try:
-                wait_until(lambda: set(events.of("succeeded")) >= set(ids), 90, "every task succeeded", [second])
-                done, started = succeeded(app, ids), Counter(events.of("started"))
-                by_second = set(events.of("succeeded", second))
-            finally:
-                second.stop()
+            done, started, by_second = run_the_rest(env, log_dir, app, events, ids, "cold-b")
     finally:
         first.stop()
     twice = sorted(task_id for task_id, times in started.items() if times > 1)

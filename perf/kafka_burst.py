@@ -256,7 +256,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         print("starting worker, bridge and API ...", flush=True)
         split = args.lanes == "split"
         # The bulk lane's CPU priority: SCHED_IDLE (`chrt --idle 0`: runs only on CPU time nothing else
-        # wants, preempted at once by any other task) or a niceness (`nice -n N`: a smaller share).
+        # wants, giving way to any other task at the next reschedule) or a niceness (`nice -n N`: a
+        # smaller share).
         nice = (["chrt", "--idle", "0"] if args.bulk_priority == "idle" else ["nice", "-n", str(args.bulk_nice)]) \
             if split and args.bulk_priority != "normal" else []
         if nice:

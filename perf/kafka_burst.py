@@ -531,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         # when the kernel next reschedules, which on a PREEMPT_NONE kernel waits until a bulk process in a
         # system call returns; with a core left over, the interactive lane wakes on it at once (README,
         # "Split the lanes").
-        args.workers = max(1, (os.cpu_count() or 2) - 1) if args.lanes == "split" else 2
+        args.workers = max(1, len(os.sched_getaffinity(0)) - 1) if args.lanes == "split" else 2
     # One burst per bound, each on a stack of its own: with the /predict probe (unless --no-api), then
     # the --alone bounds without it. The probe is a back-to-back client on the interactive lane, which has
     # the CPU first: on two cores it takes much of what the bulk lane would drain with.

@@ -240,7 +240,7 @@ class QuietChannel(HTTPChannel):
     def recv(self, buffer_size: int) -> bytes:
         """wasyncore's recv, also reading the kernel's receive timestamp of the data (SO_TIMESTAMP)."""
         if not self.timestamps:
-            return bytes(super().recv(buffer_size))
+            return super().recv(buffer_size)
         try:
             data, ancillary, _flags, _address = self.socket.recvmsg(buffer_size, _TIMESTAMP_SPACE)
         except OSError as why:
@@ -255,7 +255,7 @@ class QuietChannel(HTTPChannel):
             if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMP and len(payload) >= _TIMEVAL.size:
                 seconds, microseconds = _TIMEVAL.unpack_from(payload)
                 self.received_at_ms = seconds * 1000 + microseconds // 1000
-        return bytes(data)
+        return data
 
     def handle_read(self) -> None:
         """A liveness probe is answered here, in the I/O thread, once the request is read: no hand-over

@@ -15,6 +15,10 @@ and so does its cold shutdown (SIGQUIT), which joins the pool the same way.
   after which a pool process still waits up to 30 s for the main process to read its last result, which
   it no longer does. What they were running was never acknowledged and goes back to the queue
   (`task_acks_late`, `task_reject_on_worker_lost`); a task that had just finished may run again.
+
+Not covered (billiard 4.3): a task handed over whole just as a warm shutdown begins is run, but its result
+is no longer read; its pool process waits 30 s for that before it exits, and the task, never acknowledged,
+runs again elsewhere. Bounded, unlike the hang above.
 """
 
 from __future__ import annotations

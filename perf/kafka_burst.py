@@ -20,7 +20,8 @@ TTL subset, which the bridge must skip), and measures:
 
 By default the lanes are split as the README recommends: a worker node for the interactive lane
 (`--interactive-workers` processes) and one for the bulk lane (`--workers` processes) which, with the
-bridge, runs at SCHED_IDLE (`--bulk-priority`); `--lanes shared` runs one worker node for both. `--label` names a
+bridge, runs at SCHED_IDLE (`--bulk-priority`) and, beside /predict, on every core but the first
+(`--bulk-cpus`); `--lanes shared` runs one worker node for both. `--label` names a
 variant. Writes `run-maxsize<N>[-label].json` and
 `samples-maxsize<N>[-label].csv` to perf/results/<YYYY-MM-DD>-<hostname>-kafka-burst/ and regenerates
 `summary.md` there from every run in the folder.
@@ -225,6 +226,33 @@ def publish(kafka: str, topic: str, prefix: str, count: int, bucket: str, expire
         producer.close()
 
 
+def default_workers(*, split: bool, beside_predict: bool) -> int:
+    """The bulk node's processes. Split lanes beside /predict: the cores less one. SCHED_IDLE yields the
+    CPU to a waking task only when the kernel next reschedules, which without full preemption waits until
+    a bulk process in a system call returns; with a core left over (and `bulk_cpus`), the interactive lane
+    wakes on it at once (README, "Split the lanes"). Alone: every core. Shared lanes: 2."""
+    if not split:
+        return 2
+    cores = len(os.sched_getaffinity(0))
+    return max(1, cores - 1) if beside_predict else cores
+
+
+def bulk_cpus(choice: str, *, split: bool, beside_predict: bool) -> set[int]:
+    """The cores the bulk lane is confined to (empty: no confinement). `auto`: with split lanes beside
+    /predict, every usable core but the first, so that a waking /predict always finds a core no bulk
+    process holds; `all`: none; otherwise a list such as `1` or `2-7`."""
+    usable = sorted(os.sched_getaffinity(0))
+    if choice == "all" or not split:
+        return set()
+    if choice == "auto":
+        return set(usable[1:]) if beside_predict and len(usable) > 1 else set()
+    cpus: set[int] = set()
+    for part in choice.split(","):
+        low, _, high = part.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return cpus
+
+
 def committed(admin: KafkaAdminClient, group: str, topic: str) -> dict[int, int]:
     offsets = admin.list_group_offsets(group).get(group, {})
     return {tp.partition: mark.offset for tp, mark in offsets.items() if tp.topic == topic}
@@ -258,9 +286,17 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         # The bulk lane's CPU priority: SCHED_IDLE (`chrt --idle 0`: runs only on CPU time nothing else
         # wants, giving way to any other task at the next reschedule) or a niceness (`nice -n N`: a
         # smaller share).
-        nice = (["chrt", "--idle", "0"] if args.bulk_priority == "idle" else ["nice", "-n", str(args.bulk_nice)]) \
+        bulk_prefix = (["chrt", "--idle", "0"] if args.bulk_priority == "idle" else ["nice", "-n", str(args.bulk_nice)]) \
             if split and args.bulk_priority != "normal" else []
-        if nice:
+        # And its cores: beside /predict, all but the first (README, "Split the lanes").
+        cpus = bulk_cpus(args.bulk_cpus, split=split, beside_predict=args.api)
+        if cpus:
+            bulk_prefix = ["taskset", "--cpu-list", ",".join(map(str, sorted(cpus))), *bulk_prefix]
+            for service in (s3_service, kafka_service):
+                if service.process is not None:
+                    for thread in Path(f"/proc/{service.process.pid}/task").iterdir():
+                        os.sched_setaffinity(int(thread.name), cpus)
+        if args.bulk_priority != "normal" and split:
             # Here the S3 stand-in and the Kafka broker serve only the bulk lane (/predict reads neither),
             # on the same two cores; in a deployment they are MinIO and Kafka on machines of their own.
             # Give them the bulk lane's priority, every thread (Tansu's runtime threads exist already).
@@ -274,14 +310,14 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         if args.lanes == "split":
             # The deployment README recommends: a worker node per lane, the bulk lane (its workers and the
             # bridge) at a lower CPU priority, so that a burst of claims cannot queue /predict behind it.
-            worker = start_worker(env, logs, "-Q", settings.celery_batch_queue, name="bulk", prefix=nice)
+            worker = start_worker(env, logs, "-Q", settings.celery_batch_queue, name="bulk", prefix=bulk_prefix)
             processes.append(worker)
             processes.append(start_worker(env, logs, "-Q", settings.celery_queue,
                                           f"--concurrency={args.interactive_workers}", name="interactive"))
         else:
             worker = start_worker(env, logs)
             processes.append(worker)
-        bridge = ManagedProcess("bridge", [*nice, PYTHON, "-m", "bridge"], env, logs).start()
+        bridge = ManagedProcess("bridge", [*bulk_prefix, PYTHON, "-m", "bridge"], env, logs).start()
         processes.append(bridge)
         url = f"http://127.0.0.1:{metrics_port}"
         bridge.wait_for(lambda: _status(f"{url}/readyz") == 200, 60, "bridge /readyz")
@@ -331,6 +367,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "claims": args.claims, "maxsize": args.maxsize, "workers": args.workers, "partitions": PARTITIONS,
             "label": args.label, "lanes": args.lanes, "bulk_nice": (args.bulk_priority if args.bulk_priority != "nice" else f"nice {args.bulk_nice}")
             if args.lanes == "split" else "normal",
+            "bulk_cpus": ",".join(map(str, sorted(cpus))) or "any",
             "interactive_workers": args.interactive_workers if args.lanes == "split" else 0,
             "samples": len(sampler.rows),
             "sample_interval_ms_max": round(max((b[0] - a[0] for a, b in zip(sampler.rows, sampler.rows[1:],
@@ -411,9 +448,8 @@ def write_summary(out: Path) -> None:
         "",
         f"{os.cpu_count()} CPUs. Each run: its own Redis, S3 (moto), Tansu broker, the Celery workers (split "
         "lanes: an interactive node, and a bulk node of QUEUE_WORKERS processes which, with the bridge and the "
-        "S3 stand-in and Kafka broker that only the bulk lane uses, runs at the bulk niceness), the bridge and the "
-        "API; N claims "
-        "published at once on a 4-partition topic, "
+        "S3 stand-in and Kafka broker that only the bulk lane uses, runs at the bulk lane's CPU priority and on "
+        "its cores), the bridge and the API; N claims published at once on a 4-partition topic, "
         "each claim scoring the 256-row demo Parquet file. In-flight and RSS sampled every 50 ms from the "
         "bridge's /metrics and /proc. Drain rate: N over the time from the first publish until every "
         "partition's committed offset reached its end. /predict: one client, back to back.",
@@ -423,6 +459,7 @@ def write_summary(out: Path) -> None:
     ]
     fields = [
         ("claims", "claims published"), ("lanes", "worker lanes"), ("bulk_nice", "bulk lane CPU priority"),
+        ("bulk_cpus", "bulk lane cores"),
         ("interactive_workers", "interactive-only worker processes"),
         ("workers", "bulk-lane worker processes (split) or all (shared)"),
         ("samples", "in-flight samples"),
@@ -503,8 +540,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ttl-every", type=int, default=10,
                         help="every Nth claim carries a deadline 1 ms after publishing (the TTL subset; 0: none)")
     parser.add_argument("--workers", type=int, default=None,
-                        help="QUEUE_WORKERS of the bulk node (split lanes; default: the cores less one) or of the "
-                             "one node (shared lanes; default 2)")
+                        help="QUEUE_WORKERS of the bulk node (split lanes; default: the cores less one beside /predict, "
+                             "every core alone) or of the one node (shared lanes; default 2)")
     parser.add_argument("--timeout-s", type=float, default=900)
     parser.add_argument("--predict-idle-s", type=float, default=20.0,
                         help="how long /predict is probed idle (a p99 over ~1,500 answers, not ~300)")
@@ -520,18 +557,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="CPU priority of the bulk lane (bulk worker node, bridge, S3 stand-in) when split: "
                              "SCHED_IDLE, --bulk-nice, or the same as the rest")
     parser.add_argument("--bulk-nice", type=int, default=10, help="CPU niceness of the bulk lane with --bulk-priority nice")
+    parser.add_argument("--bulk-cpus", default="auto",
+                        help="cores the bulk lane (split) runs on: auto (beside /predict, all but the first; "
+                             "alone, any), all, or a list such as 1 or 2-7")
     parser.add_argument("--interactive-workers", type=int, default=1,
                         help="also run a worker on the interactive lane only, with this concurrency")
     parser.add_argument("--label", default="", help="suffix for this run's files and column")
     parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
     args = parser.parse_args(argv)
     args.claims = args.claims or (2_000 if args.quick else 10_000)
-    if args.workers is None:
-        # Split lanes: the bulk node leaves a core to /predict. SCHED_IDLE yields the CPU to a waking task only
-        # when the kernel next reschedules, which on a PREEMPT_NONE kernel waits until a bulk process in a
-        # system call returns; with a core left over, the interactive lane wakes on it at once (README,
-        # "Split the lanes").
-        args.workers = max(1, len(os.sched_getaffinity(0)) - 1) if args.lanes == "split" else 2
     # One burst per bound, each on a stack of its own: with the /predict probe (unless --no-api), then
     # the --alone bounds without it. The probe is a back-to-back client on the interactive lane, which has
     # the CPU first: on two cores it takes much of what the bulk lane would drain with.
@@ -539,8 +573,10 @@ def main(argv: list[str] | None = None) -> int:
     alone_label = "-".join(part for part in (args.label, "alone") if part)
     runs += [(int(size), False, alone_label) for size in str(args.alone).split(",") if size.strip()]
     ok = True
+    workers = args.workers
     for maxsize, api, label in runs:
         args.maxsize, args.api, args.label = maxsize, api, label
+        args.workers = workers or default_workers(split=args.lanes == "split", beside_predict=api)
         with tempfile.TemporaryDirectory(prefix="kafka-burst-") as tmp:
             result = run(args, Path(tmp))
         out = results_dir(args.out)

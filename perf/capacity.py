@@ -6,7 +6,9 @@ throughput measured in the same run on the same machine.
 Two measurements, one after the other:
 
 1. echo: `perf.echo` on waitress with the API's HTTP_THREADS, closed loop over 64 keep-alive
-   connections (as in the `http` scenario), for `--echo-s`.
+   connections (as in the `http` scenario), for `--echo-s`; then the same echo as a one-route Flask
+   app (`perf.echo --flask`) on the same server: the most any Flask view answers on this machine, an
+   upper bound for /predict before any work of its own (parsing, admission, the queue, the model).
 2. /predict, open loop (`perf.loadgen paced`): requests are due at a fixed rate whatever the server
    does, sent over a pool of at most `--pool` keep-alive connections, and timed from when each was
    due, so a server that falls behind shows it in p99 instead of slowing the client down (no
@@ -199,7 +201,7 @@ def capacity_of(steps: list[Step]) -> float:
     return max((s.rate for s in steps if s.held), default=0.0)
 
 
-def plot(out: Path, steps: list[Step], echo: Run, args: argparse.Namespace) -> None:
+def plot(out: Path, steps: list[Step], echo: Run, flask_echo: Run, args: argparse.Namespace) -> None:
     order = sorted(steps, key=lambda s: s.rate)
     rates = [s.rate for s in order]
     fig, (l_ax, r_ax) = figure(2, f"capacity: /predict, open loop, {args.step_s:g} s per step (micro-batching on)")
@@ -221,6 +223,8 @@ def plot(out: Path, steps: list[Step], echo: Run, args: argparse.Namespace) -> N
     r_ax.axhline(echo.throughput, color="tab:green", linewidth=1, label=f"echo throughput {echo.throughput:.0f}/s")
     r_ax.axhline(echo.throughput * GOAL_RATIO, color="tab:green", linewidth=0.8, linestyle="--",
                  label=f"goal: capacity >= {GOAL_RATIO:g} x echo")
+    r_ax.axhline(flask_echo.throughput, color="tab:purple", linewidth=1,
+                 label=f"Flask echo throughput {flask_echo.throughput:.0f}/s")
     capacity = capacity_of(steps)
     if capacity:
         r_ax.axvline(capacity, color="tab:blue", linewidth=0.8, linestyle="--", label=f"capacity {capacity:.0f} req/s")
@@ -257,7 +261,8 @@ def plot(out: Path, steps: list[Step], echo: Run, args: argparse.Namespace) -> N
     save(fig, out / "capacity_timeline.png")
 
 
-def summary(info: dict[str, Any], args: argparse.Namespace, env: dict[str, str], steps: list[Step], echo: Run) -> str:
+def summary(info: dict[str, Any], args: argparse.Namespace, env: dict[str, str], steps: list[Step], echo: Run,
+            flask_echo: Run) -> str:
     capacity = capacity_of(steps)
     ratio = capacity / echo.throughput if echo.throughput else float("nan")
     best = max((s for s in steps if s.held), key=lambda s: s.rate, default=None)
@@ -287,9 +292,11 @@ def summary(info: dict[str, Any], args: argparse.Namespace, env: dict[str, str],
             ["QUEUE_MAXSIZE / CACHE_MODE", f"{env.get('QUEUE_MAXSIZE', '512')} / {env.get('CACHE_MODE', 'busy')} (defaults)"],
             ["body", "`{\"features\": [9 numbers]}`, 1,024 distinct rows in turn"]]),
         "## Results\n\n" + markdown_table(
-            ["capacity (req/s)", "echo (responses/s)", "capacity / echo", f"goal >= {GOAL_RATIO:g}"],
+            ["capacity (req/s)", "echo (responses/s)", "capacity / echo", f"goal >= {GOAL_RATIO:g}",
+             "Flask echo (responses/s)", "Flask echo / echo"],
             [[f"{capacity:.0f}", f"{echo.throughput:.0f}", f"**{ratio:.2f}**",
-              "met" if ratio >= GOAL_RATIO else "**missed**"]])
+              "met" if ratio >= GOAL_RATIO else "**missed**", f"{flask_echo.throughput:.0f}",
+              f"{flask_echo.throughput / echo.throughput:.2f}" if echo.throughput else "n/a"]])
         + (f"\n\nAt {best.rate:.0f} req/s: p50 {ms(best.stats['p50'])} ms, p99 {ms(best.stats['p99'])} ms, achieved "
            f"{best.achieved:.0f}/s." if best else "\n\nNo step held.") + why,
         "### Steps (in run order)\n\n" + markdown_table(
@@ -300,7 +307,7 @@ def summary(info: dict[str, Any], args: argparse.Namespace, env: dict[str, str],
             [s.row() for s in steps]),
         "### Echo baseline\n\n" + markdown_table(
             ["endpoint", "responses/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "statuses", "invalid", "cores used"],
-            [echo.row()]),
+            [echo.row(), flask_echo.row()]),
         "`sent -> worker start` is from the API's `batch_sent` log event to the worker's "
         "`predict_inference_start` for the same task (the Redis queue, the worker's fetch, the hand-over to a pool "
         "process; log timestamps have 1 ms resolution); `model call` is the worker's `duration_ms`. Together with "
@@ -315,7 +322,7 @@ def summary(info: dict[str, Any], args: argparse.Namespace, env: dict[str, str],
         "## Files\n\n- `capacity_steps.png`: p50/p95/p99 and achieved rate against the offered rate\n"
         "- `capacity_timeline.png`: p99 and answers per second through every step\n"
         "- `capacity_steps.csv`: the figures of every step\n"
-        "- `raw/`: every response (`step-<n>-<rate>.csv`, `echo.csv`), client stats, process logs",
+        "- `raw/`: every response (`step-<n>-<rate>.csv`, `echo.csv`, `flask-echo.csv`), client stats, process logs",
     ]) + "\n"
 
 
@@ -332,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         n_features = int(stack.model()["n_features"])
         warm_up(stack, n_features)
         echo = echo_baseline(raw, n_features, args.echo_s, args.connections, args.threads)
+        flask_echo = echo_baseline(raw, n_features, args.echo_s, args.connections, args.threads, flask=True)
         steps = search(args, raw, stack, n_features)
         stack_env = dict(stack.env)
     write_csv(out / "capacity_steps.csv",
@@ -343,16 +351,17 @@ def main(argv: list[str] | None = None) -> int:
                 s.client.get("send_delay_p99_ms"), s.pipeline["batches"], round(s.pipeline["mean_batch"], 2),
                 round(s.pipeline["wait_p50"], 2), round(s.pipeline["wait_p99"], 2), round(s.pipeline["model_p50"], 3),
                 int(s.held)] for s in steps])
-    plot(out, steps, echo, args)
-    (out / "summary.md").write_text(summary(info, args, stack_env, steps, echo))
+    plot(out, steps, echo, flask_echo, args)
+    (out / "summary.md").write_text(summary(info, args, stack_env, steps, echo, flask_echo))
     capacity = capacity_of(steps)
     ratio = capacity / max(echo.throughput, 1e-9)
     print(f"capacity: {capacity:.0f} req/s at p99 <= {GOAL_P99_MS:g} ms; echo {echo.throughput:.0f}/s; ratio {ratio:.2f} "
-          f"(goal >= {GOAL_RATIO:g}: {'met' if ratio >= GOAL_RATIO else 'missed'}); summary in {out / 'summary.md'}",
+          f"(goal >= {GOAL_RATIO:g}: {'met' if ratio >= GOAL_RATIO else 'missed'}); Flask echo "
+          f"{flask_echo.throughput:.0f}/s; summary in {out / 'summary.md'}",
           flush=True)
     # Functional failure: an answer that breaks the contract (a 429/504 at high rates is a miss, not a bug).
     broken = sum(s.responses.invalid().total() - int((s.responses.status == 0).sum()) for s in steps)
-    broken += echo.responses.invalid().total()
+    broken += echo.responses.invalid().total() + flask_echo.responses.invalid().total()
     return 1 if broken else 0
 
 

@@ -114,26 +114,29 @@ class Run:
                 statuses, invalid, ", ".join(f"{k} {v}" for k, v in self.cores.items())]
 
 
-def measure_echo(args: argparse.Namespace, raw: Path, n_features: int) -> Run:
-    print(f"echo baseline: {args.connections} connections for {args.duration_s:g} s", flush=True)
+def measure_echo(args: argparse.Namespace, raw: Path, n_features: int, flask: bool = False) -> Run:
+    name = "flask-echo" if flask else "echo"
+    print(f"{name} baseline: {args.connections} connections for {args.duration_s:g} s", flush=True)
     with contextlib.ExitStack() as stack:
         (raw / "logs").mkdir(parents=True, exist_ok=True)
-        process, port = echo_process(raw / "logs", args.threads)
+        process, port = echo_process(raw / "logs", args.threads, flask=flask)
         echo = managed(stack, process)
-        wait_http(f"http://127.0.0.1:{port}/", 30, echo)
-        meter = CpuMeter({"echo server": echo.pid})
-        client = run_client("load", port, raw / "echo.csv", raw, timeout_s=client_timeout(args),
+        wait_http(f"http://127.0.0.1:{port}/echo", 30, echo, status=405 if flask else 200)  # Flask: POST only
+        meter = CpuMeter({f"{name} server": echo.pid})
+        client = run_client("load", port, raw / f"{name}.csv", raw, timeout_s=client_timeout(args),
                             args=load_args(args, "echo", "/echo", n_features))
         cores = meter.cores_used()
-    return Run("echo (bare waitress)", Responses.read(raw / "echo.csv"), client, cores, args)
+    return Run("echo (Flask on waitress)" if flask else "echo (bare waitress)", Responses.read(raw / f"{name}.csv"),
+               client, cores, args)
 
 
-def echo_baseline(raw: Path, n_features: int, seconds: float, connections: int = 64, threads: int = 16) -> Run:
-    """The echo baseline for another scenario: closed loop over `connections`, the first 2 s (at most a quarter)
-    left out."""
+def echo_baseline(raw: Path, n_features: int, seconds: float, connections: int = 64, threads: int = 16,
+                  flask: bool = False) -> Run:
+    """The echo baseline for another scenario (`flask`: the one-route Flask echo): closed loop over
+    `connections`, the first 2 s (at most a quarter) left out."""
     args = argparse.Namespace(connections=connections, duration_s=seconds, threads=threads,
                               warmup_s=min(2.0, seconds / 4))
-    return measure_echo(args, raw, n_features)
+    return measure_echo(args, raw, n_features, flask)
 
 
 PROBES = {"healthz": ("/healthz, fresh connection", []), "healthz-keepalive": ("/healthz, keep-alive", ["--keepalive"])}

@@ -37,8 +37,10 @@ from perf.common import (
     Stack,
     StackError,
     child,
+    child_env,
     figure,
     latency_stats,
+    managed,
     markdown_table,
     ms,
     plot_percentiles,
@@ -46,8 +48,10 @@ from perf.common import (
     save,
     scrape_metrics,
     wait_child,
+    wait_http,
     write_csv,
 )
+from perf.echo import echo_process
 from perf.http_bench import Run, echo_baseline, warm_up
 
 LOCUST = str(Path(PYTHON).parent / "locust")
@@ -258,6 +262,27 @@ def run_locust(stack: Stack, out: Path, name: str, title: str, user_class: str, 
     return LoadRun(name, title, f"Locust {locust_version()} ({user_class}, FastHttpUser)", run_time_s, endpoints,
                    cores, watch.on_clock(t0), users_over_time, None, read_csv(out / f"{name}_locust_stats.csv"),
                    read_csv(out / f"{name}_locust_failures.csv"), exited(stack))
+
+
+def run_flask_echo_reference(out: Path, *, users: int, spawn_rate: float, run_time_s: float, threads: int) -> Responses:
+    """`FlaskEchoUser` (the original profile's pacing) against the one-route Flask echo on waitress with
+    `threads` threads, for `run_time_s`: what a Flask app doing nothing gets from the same Locust profile on
+    this machine. Every response in out/raw/flask-echo-responses-<pid>.csv."""
+    raw = out / "raw"
+    for stale in raw.glob("flask-echo-responses-*.csv"):
+        stale.unlink()
+    with contextlib.ExitStack() as stack:
+        process, port = echo_process(raw / "logs", threads, flask=True)
+        server = managed(stack, process)
+        wait_http(f"http://127.0.0.1:{port}/echo", 30, server, status=405)  # POST only
+        args = [LOCUST, "-f", str(LOCUSTFILE), "FlaskEchoUser", "--headless", "-u", str(users), "-r", f"{spawn_rate:g}",
+                "-t", f"{run_time_s:g}s", "--host", f"http://127.0.0.1:{port}", "--only-summary", "--loglevel",
+                "WARNING", "--exit-code-on-error", "0", "--perf-responses", str(raw / "flask-echo-responses")]
+        print(f"flask-echo: Locust FlaskEchoUser, {users} users (spawn {spawn_rate:g}/s) for {run_time_s:g} s", flush=True)
+        with child(args, raw / "flask-echo.locust.log", child_env({})) as locust:
+            wait_child(locust, "locust flask-echo", run_time_s + 60)
+    endpoints, _ = read_responses(sorted(raw.glob("flask-echo-responses-*.csv")))
+    return endpoints["/echo"]
 
 
 def locust_version() -> str:

@@ -4,6 +4,7 @@ Name the profile on the command line (Locust otherwise mixes the classes). The o
 (`OriginalUser`): 80 % POST /predict, 10 % GET /healthz, 10 % GET
 /download_processed/demo/features.parquet; run it as the original validation did with
 `locust -f perf/locustfile.py OriginalUser --headless -u 200 -r 50 -t 60s --host ...`.
+`FlaskEchoUser` paces like `OriginalUser` against the one-route Flask echo of perf/echo.py, for reference.
 `PredictOnlyUser` is the isolated-predict profile (`-u 200` or `-u 400` for 2–3 minutes).
 `OverloadUser` sends POST /predict at `--perf-user-rate` requests per second per user (Locust's
 constant-throughput pacing), each with `X-Request-Timeout-Ms: --perf-timeout-ms` (whether a 200 came
@@ -162,6 +163,23 @@ class OverloadUser(FastHttpUser):
         with self.client.post("/predict", json={"features": random.choice(ROWS)}, catch_response=True,
                               name="/predict", headers={"X-Request-Timeout-Ms": timeout_ms}) as response:
             _check_predict(response)
+
+
+class FlaskEchoUser(FastHttpUser):
+    """The original profile's pacing (0-100 ms between requests) against the one-route Flask echo
+    (`python -m perf.echo --serve --flask`): what the profile gets from a Flask app doing no work at all,
+    on the same machine. POST /echo with a /predict body; the answer must be that body."""
+
+    wait_time = between(0.0, 0.1)
+
+    @task
+    def echo(self) -> None:
+        body = {"features": random.choice(ROWS)}
+        with self.client.post("/echo", json=body, catch_response=True, name="/echo") as response:
+            if not response.status_code:
+                response.failure(f"transport error: {getattr(response, 'error', None)!r}"[:200])
+            elif response.status_code != 200 or _json(response) != body:
+                response.failure(f"invalid body: status {response.status_code}, not the body sent")
 
 
 class OriginalUser(FastHttpUser):

@@ -12,6 +12,11 @@ Goals: no failures, /predict p95 <= 50 ms, /healthz p99 <= 20 ms. The original s
 as one: a 429 or 503 with the contract's error body and an integer Retry-After is load shedding and
 counts as a success (listed by status code all the same); any other status, a transport error or an
 invalid body fails. Figures cover the whole run, ramp-up included, as Locust reports them.
+
+Reference, after the stack has stopped: the same users and pacing (`FlaskEchoUser`) against a one-route
+Flask app on waitress that echoes the request body and does nothing else (`perf.echo --flask`, the
+same HTTP_THREADS). What it gets on this machine bounds what any Flask view, /predict included, can get
+from this profile here; `--no-reference` skips it.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from perf.common import (
+    Responses,
     begin,
+    latency_stats,
     machine_markdown,
     markdown_table,
     ms,
@@ -37,6 +44,7 @@ from perf.locust_runs import (
     profile_defaults,
     profile_setup,
     profile_stack,
+    run_flask_echo_reference,
     run_locust,
     run_section,
     write_run_csvs,
@@ -50,6 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m perf --scenario original", description=__doc__.splitlines()[0])
     add_profile_options(parser, run_time_s=60.0)
     parser.add_argument("--users", type=int, default=200)
+    parser.add_argument("--no-reference", dest="reference", action="store_false",
+                        help="skip the run against the Flask echo")
     return profile_defaults(parser.parse_args(argv))
 
 
@@ -66,7 +76,22 @@ def goals(run: LoadRun) -> list[list[Any]]:
     ]
 
 
-def summary(info: dict[str, Any], args: argparse.Namespace, run: LoadRun, echo: Run, paths: list[Path]) -> str:
+def reference_section(args: argparse.Namespace, reference: Responses | None) -> list[str]:
+    if reference is None:
+        return []
+    stats = latency_stats(reference.latency_ms)
+    ok = int(reference.valid.sum())
+    rows = [[f"{len(reference) / args.run_time_s:.0f}", ms(stats["p50"]), ms(stats["p95"]), ms(stats["p99"]),
+             f"{ok} of {len(reference)}", verdict(stats["p95"], PREDICT_P95_GOAL_MS)]]
+    return ["## Reference: a Flask app doing nothing, same profile\n\n"
+            f"`FlaskEchoUser`, {args.users} users, spawn {args.spawn_rate:g}/s, {args.run_time_s:g} s, against "
+            f"`perf.echo --flask` ({args.threads} threads), after the stack stopped.\n\n"
+            + markdown_table(["responses/s", "p50 ms", "p95 ms", "p99 ms", "valid echoes",
+                              f"p95 <= {PREDICT_P95_GOAL_MS:g} ms"], rows)]
+
+
+def summary(info: dict[str, Any], args: argparse.Namespace, run: LoadRun, echo: Run, paths: list[Path],
+            reference: Responses | None) -> str:
     return "\n\n".join([
         f"# original: the original validation profile with Locust ({info['date']})",
         (__doc__ or "").split("\n\n", 1)[1].strip(),
@@ -76,6 +101,7 @@ def summary(info: dict[str, Any], args: argparse.Namespace, run: LoadRun, echo: 
         "Latency is Locust's: from sending the request to the last byte of the answer. Locust's own percentiles "
         "(last column) are rounded; the others are exact, from every response. `cores used` is CPU time over wall "
         "time (1.0 = one core busy); on 2 cores the client's share is taken from the server.",
+        *reference_section(args, reference),
         "## Machine\n\n" + machine_markdown(info),
         files_section(paths, [run]),
     ]) + "\n"
@@ -88,14 +114,21 @@ def main(argv: list[str] | None = None) -> int:
         run = run_locust(stack, out, "original", f"original profile: {args.users} Locust users", "OriginalUser",
                          users=args.users, spawn_rate=args.spawn_rate, run_time_s=args.run_time_s,
                          extra=args.locust_extra)
+    reference = run_flask_echo_reference(out, users=args.users, spawn_rate=args.spawn_rate, run_time_s=args.run_time_s,
+                                         threads=args.threads) if args.reference else None
     write_run_csvs(out, run)
     paths = plot_run(out, run, {"/predict": PREDICT_P95_GOAL_MS, "/healthz": HEALTHZ_P99_GOAL_MS})
-    (out / "summary.md").write_text(summary(info, args, run, echo, paths))
+    (out / "summary.md").write_text(summary(info, args, run, echo, paths, reference))
     for goal, _, measured, met in goals(run):
         print(f"original: {goal}: {measured}: {met.strip('*')}", flush=True)
+    if reference is not None:
+        stats = latency_stats(reference.latency_ms)
+        print(f"original: reference, a Flask app doing nothing: {len(reference) / args.run_time_s:.0f} responses/s, "
+              f"p95 {ms(stats['p95'])} ms", flush=True)
     print(f"original: {echo_ratio_text(run, echo)}; client cores {run.cores.get('client (Locust)')}; "
           f"summary in {out / 'summary.md'}", flush=True)
-    return 1 if run.broken() else 0
+    broken_reference = int((~reference.valid).sum()) if reference is not None else 0
+    return 1 if run.broken() or broken_reference else 0
 
 
 if __name__ == "__main__":

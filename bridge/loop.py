@@ -6,7 +6,9 @@ pause/resume from the depth, poll at most `room` records and take them, re-send 
 - Depth is the claims in flight (dispatched, not finished), guarded by the bulk queue's Redis length in
   case other producers fill it. A record beyond the room is never taken: the consumer seeks back to it.
 - Commit rule (offsets.py): per partition, the lowest unfinished offset; at least every second, and on
-  revoke (rebalance.py). Results for partitions no longer owned are dropped.
+  revoke (rebalance.py). Results for partitions no longer owned are dropped. A partition revoked and
+  assigned straight back is read again from that offset: kafka-python keeps its position across the
+  rebalance, which would skip the claims dropped at the revoke (and hold its commit below them for ever).
 - SIGTERM: stop taking claims (pause everything, keep polling), wait up to DRAIN_TIMEOUT_S for the
   claims in flight, commit, close. A second signal exits at once.
 """
@@ -79,6 +81,12 @@ class Bridge:
         self.claim_batch = settings.batch_size if settings.enable_microbatch else 1
         self.assigned: set[TopicPartition] = set()
         self.safe_offsets: dict[TopicPartition, int] = {}
+        # Per revoked partition, the offset below which everything was finished at the revoke; applied to the
+        # partitions of the next assignment (`on_assigned`), then forgotten.
+        self.revoked_at: dict[TopicPartition, int] = {}
+        # Partitions `on_assigned` sent back to `revoked_at` this turn: records of theirs that this turn's poll
+        # returned may come from the old position; `take` seeks back again and leaves them.
+        self.rewound: dict[TopicPartition, int] = {}
         self.consumer: GroupConsumer | None = None
         self.dead_letters: DeadLetters | None = None
         self.stopping = threading.Event()
@@ -219,6 +227,7 @@ class Bridge:
                 self.on_assigned(event.partitions)
 
     def on_revoked(self, partitions: set[TopicPartition]) -> None:
+        self.revoked_at.update(self.tracker.positions(partitions))
         dropped = [entry.task_id for entry in self.in_flight.values() if entry.record.tp in partitions]
         for task in dropped:
             del self.in_flight[task]
@@ -236,6 +245,14 @@ class Bridge:
     def on_assigned(self, partitions: set[TopicPartition]) -> None:
         assert self.consumer is not None
         self.consumer.forget_fetched(partitions)
+        # kafka-python keeps the position of a partition assigned again (SubscriptionState.assign_from_subscribed):
+        # it would go on after the claims dropped at the revoke. Read them again from where all was finished
+        # (a claim already scored is not computed twice); records this turn's poll returned from the old
+        # position are left to that read.
+        for tp in partitions & self.revoked_at.keys():
+            self.hold(tp, self.revoked_at[tp])
+            self.rewound[tp] = self.revoked_at[tp]
+        self.revoked_at.clear()
         self.assigned |= partitions
         self.lag.watch(self.assigned)
         metrics.BRIDGE_ASSIGNED.set(len(self.assigned))
@@ -299,6 +316,10 @@ class Bridge:
             tp = record.tp
             if tp in held or tp not in self.assigned:
                 continue
+            if tp in self.rewound:
+                self.hold(tp, self.rewound[tp])
+                held.add(tp)
+                continue
             if room <= 0 or self.draining:
                 self.hold(tp, record.offset)
                 held.add(tp)
@@ -324,6 +345,7 @@ class Bridge:
                 held.add(tp)
                 room = 0
         self.flush(outbox, held)
+        self.rewound.clear()
         self.safe_offsets = self.tracker.positions()
 
     def hold(self, tp: TopicPartition, offset: int) -> None:

@@ -1,17 +1,21 @@
-"""The bridge under failure and in a group: SIGKILL mid-burst and restart, and two bridges sharing the work.
+"""The bridge under failure and in a group: SIGKILL mid-burst and restart, two bridges sharing the work, and a
+rebalance that hands a bridge its own partitions back.
 
 Real processes throughout: a Celery worker, `python -m bridge` (one or two), the Tansu broker, Redis, S3."""
 
 from __future__ import annotations
 
 import signal
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from kafka import KafkaConsumer
 
-from devtools.processes import ManagedProcess
+from devtools.processes import ManagedProcess, start_worker
 from devtools.services import Service, free_port
 from settings import Settings
 from tasks.demo_model import SAMPLE_KEY
@@ -81,3 +85,41 @@ def test_two_bridges_split_the_partitions_and_one_takes_over(module_env: dict[st
     wait_until(lambda: assignment(second, topic) == set(range(PARTITIONS)), 60, "bridge-b owns all four", [second])
     wait_until(lambda: len(results(settings, prefix)) == 240, 90, "every claim has a result", [second, worker])
     wait_committed(kafka_service.address, group, topic, ends, [second])
+
+
+def test_a_partition_assigned_straight_back_is_read_again_from_its_first_unfinished_claim(
+        module_env: dict[str, str], kafka_service: Service, settings: Settings, log_dir: Path,
+        bridges: Callable[..., ManagedProcess]) -> None:
+    # Given a bridge with claims in flight on every partition: it sends them to a queue no worker reads yet
+    held = f"held-{uuid.uuid4().hex[:6]}"
+    env = bridge_env(module_env, kafka_service.address, maxsize=100, CELERY_BATCH_QUEUE=held)
+    topic, group, kafka = env["KAFKA_TOPIC_CLAIMS"], env["KAFKA_GROUP_ID"], kafka_service.address
+    bridge = bridges(env, "bridge")
+    prefix = f"back-{uuid.uuid4().hex[:6]}"
+    ends = publish(kafka, topic, valid_claims(prefix, 40, settings.bucket_processed, SAMPLE_KEY))
+    wait_until(lambda: len(bridge.events("queue_enqueued")) >= 40, 30, "40 claims in flight", [bridge])
+    # When another member joins the group for a topic of its own: the bridge's partitions are revoked (its
+    # claims in flight let go) and assigned straight back to it
+    other_topic = f"{topic}.other"
+    create_topic(kafka, other_topic, partitions=1)
+    other = KafkaConsumer(other_topic, group_id=group, bootstrap_servers=kafka, enable_auto_commit=False)
+    try:
+        def handed_back() -> bool:
+            return (any(e.get("dropped") for e in bridge.events("partitions_revoked"))
+                    and assignment(bridge, topic) == set(range(PARTITIONS)))
+
+        deadline = time.monotonic() + 60
+        while not handed_back() and time.monotonic() < deadline:
+            other.poll(timeout_ms=200)  # a member takes part in the group only while it polls
+        assert handed_back(), "no revoke letting claims go, then all four partitions back, within 60 s"
+        # Then, once a worker reads that queue, every claim has a result and the offsets are committed to the
+        # ends: the claims let go were read again (kafka-python keeps the position of a partition assigned
+        # back, past them)
+        worker = start_worker(env, log_dir, "-Q", held, name="held")
+        try:
+            wait_until(lambda: len(results(settings, prefix)) == 40, 60, "every claim has a result", [bridge, worker])
+            wait_committed(kafka, group, topic, ends, [bridge])
+        finally:
+            worker.stop()
+    finally:
+        other.close()

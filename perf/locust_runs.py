@@ -234,6 +234,16 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def locust_args(name: str, user_class: str, host: str, raw: Path, *, users: int, spawn_rate: float,
+                run_time_s: float) -> list[str]:
+    """A headless Locust run of `user_class` against `host`, every response recorded in
+    raw/<name>-responses-<pid>.csv; announced on stdout."""
+    print(f"{name}: Locust {user_class}, {users} users (spawn {spawn_rate:g}/s) for {run_time_s:g} s", flush=True)
+    return [LOCUST, "-f", str(LOCUSTFILE), user_class, "--headless", "-u", str(users), "-r", f"{spawn_rate:g}",
+            "-t", f"{run_time_s:g}s", "--host", host, "--only-summary", "--loglevel", "WARNING",
+            "--exit-code-on-error", "0", "--perf-responses", str(raw / f"{name}-responses")]
+
+
 def run_locust(stack: Stack, out: Path, name: str, title: str, user_class: str, *, users: int, spawn_rate: float,
                run_time_s: float, extra: Sequence[str] = ()) -> LoadRun:
     """`locust ... <user_class> --headless` against the stack for `run_time_s`; its CSVs in `out`, every
@@ -241,11 +251,8 @@ def run_locust(stack: Stack, out: Path, name: str, title: str, user_class: str, 
     raw = out / "raw"
     for stale in raw.glob(f"{name}-responses-*.csv"):
         stale.unlink()
-    args = [LOCUST, "-f", str(LOCUSTFILE), user_class, "--headless", "-u", str(users), "-r", f"{spawn_rate:g}",
-            "-t", f"{run_time_s:g}s", "--host", stack.url, "--csv", str(out / f"{name}_locust"), "--csv-full-history",
-            "--only-summary", "--loglevel", "WARNING", "--exit-code-on-error", "0",
-            "--perf-responses", str(raw / f"{name}-responses"), *extra]
-    print(f"{name}: Locust {user_class}, {users} users (spawn {spawn_rate:g}/s) for {run_time_s:g} s", flush=True)
+    args = [*locust_args(name, user_class, stack.url, raw, users=users, spawn_rate=spawn_rate, run_time_s=run_time_s),
+            "--csv", str(out / f"{name}_locust"), "--csv-full-history", *extra]
     cpu_before = children_cpu_s()
     with QueueWatch(stack) as watch, child(args, raw / f"{name}.locust.log", stack.env) as process:
         meter = CpuMeter(stack_roots(stack))
@@ -275,10 +282,8 @@ def run_flask_echo_reference(out: Path, *, users: int, spawn_rate: float, run_ti
         process, port = echo_process(raw / "logs", threads, flask=True)
         server = managed(stack, process)
         wait_http(f"http://127.0.0.1:{port}/echo", 30, server, status=405)  # POST only
-        args = [LOCUST, "-f", str(LOCUSTFILE), "FlaskEchoUser", "--headless", "-u", str(users), "-r", f"{spawn_rate:g}",
-                "-t", f"{run_time_s:g}s", "--host", f"http://127.0.0.1:{port}", "--only-summary", "--loglevel",
-                "WARNING", "--exit-code-on-error", "0", "--perf-responses", str(raw / "flask-echo-responses")]
-        print(f"flask-echo: Locust FlaskEchoUser, {users} users (spawn {spawn_rate:g}/s) for {run_time_s:g} s", flush=True)
+        args = locust_args("flask-echo", "FlaskEchoUser", f"http://127.0.0.1:{port}", raw, users=users,
+                           spawn_rate=spawn_rate, run_time_s=run_time_s)
         with child(args, raw / "flask-echo.locust.log", child_env({})) as locust:
             wait_child(locust, "locust flask-echo", run_time_s + 60)
     endpoints, _ = read_responses(sorted(raw.glob("flask-echo-responses-*.csv")))

@@ -286,27 +286,28 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         # The bulk lane's CPU priority: SCHED_IDLE (`chrt --idle 0`: runs only on CPU time nothing else
         # wants, giving way to any other task at the next reschedule) or a niceness (`nice -n N`: a
         # smaller share).
+        prioritised = split and args.bulk_priority != "normal"
         bulk_prefix = (["chrt", "--idle", "0"] if args.bulk_priority == "idle" else ["nice", "-n", str(args.bulk_nice)]) \
-            if split and args.bulk_priority != "normal" else []
+            if prioritised else []
         # And its cores: beside /predict, all but the first (README, "Split the lanes").
         cpus = bulk_cpus(args.bulk_cpus, split=split, beside_predict=args.api)
+        cpu_list = ",".join(map(str, sorted(cpus)))
         if cpus:
-            bulk_prefix = ["taskset", "--cpu-list", ",".join(map(str, sorted(cpus))), *bulk_prefix]
-            for service in (s3_service, kafka_service):
-                if service.process is not None:
-                    for thread in Path(f"/proc/{service.process.pid}/task").iterdir():
-                        os.sched_setaffinity(int(thread.name), cpus)
-        if args.bulk_priority != "normal" and split:
-            # Here the S3 stand-in and the Kafka broker serve only the bulk lane (/predict reads neither),
-            # on the same two cores; in a deployment they are MinIO and Kafka on machines of their own.
-            # Give them the bulk lane's priority, every thread (Tansu's runtime threads exist already).
-            for service in (s3_service, kafka_service):
-                if service.process is not None:
-                    for thread in Path(f"/proc/{service.process.pid}/task").iterdir():
-                        if args.bulk_priority == "idle":
-                            os.sched_setscheduler(int(thread.name), os.SCHED_IDLE, os.sched_param(0))
-                        else:
-                            os.setpriority(os.PRIO_PROCESS, int(thread.name), args.bulk_nice)
+            bulk_prefix = ["taskset", "--cpu-list", cpu_list, *bulk_prefix]
+        # Here the S3 stand-in and the Kafka broker serve only the bulk lane (/predict reads neither), on the
+        # same two cores; in a deployment they are MinIO and Kafka on machines of their own. Give them the bulk
+        # lane's priority and cores, every thread (Tansu's runtime threads exist already).
+        for service in (s3_service, kafka_service):
+            if service.process is None or not (cpus or prioritised):
+                continue
+            for thread in Path(f"/proc/{service.process.pid}/task").iterdir():
+                tid = int(thread.name)
+                if cpus:
+                    os.sched_setaffinity(tid, cpus)
+                if prioritised and args.bulk_priority == "idle":
+                    os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+                elif prioritised:
+                    os.setpriority(os.PRIO_PROCESS, tid, args.bulk_nice)
         if args.lanes == "split":
             # The deployment README recommends: a worker node per lane, the bulk lane (its workers and the
             # bridge) at a lower CPU priority, so that a burst of claims cannot queue /predict behind it.
@@ -367,7 +368,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "claims": args.claims, "maxsize": args.maxsize, "workers": args.workers, "partitions": PARTITIONS,
             "label": args.label, "lanes": args.lanes, "bulk_nice": (args.bulk_priority if args.bulk_priority != "nice" else f"nice {args.bulk_nice}")
             if args.lanes == "split" else "normal",
-            "bulk_cpus": ",".join(map(str, sorted(cpus))) or "any",
+            "bulk_cpus": cpu_list or "any",
             "interactive_workers": args.interactive_workers if args.lanes == "split" else 0,
             "samples": len(sampler.rows),
             "sample_interval_ms_max": round(max((b[0] - a[0] for a, b in zip(sampler.rows, sampler.rows[1:],

@@ -76,12 +76,17 @@ def goals(run: LoadRun) -> list[list[Any]]:
     ]
 
 
+def reference_figures(args: argparse.Namespace, reference: Responses) -> tuple[float, dict[str, float]]:
+    """The Flask-echo reference run's responses per second and latency percentiles."""
+    return len(reference) / args.run_time_s, latency_stats(reference.latency_ms)
+
+
 def reference_section(args: argparse.Namespace, reference: Responses | None) -> list[str]:
     if reference is None:
         return []
-    stats = latency_stats(reference.latency_ms)
+    rate, stats = reference_figures(args, reference)
     ok = int(reference.valid.sum())
-    rows = [[f"{len(reference) / args.run_time_s:.0f}", ms(stats["p50"]), ms(stats["p95"]), ms(stats["p99"]),
+    rows = [[f"{rate:.0f}", ms(stats["p50"]), ms(stats["p95"]), ms(stats["p99"]),
              f"{ok} of {len(reference)}", verdict(stats["p95"], PREDICT_P95_GOAL_MS)]]
     return ["## Reference: a Flask app doing nothing, same profile\n\n"
             f"`FlaskEchoUser`, {args.users} users, spawn {args.spawn_rate:g}/s, {args.run_time_s:g} s, against "
@@ -122,9 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     for goal, _, measured, met in goals(run):
         print(f"original: {goal}: {measured}: {met.strip('*')}", flush=True)
     if reference is not None:
-        stats = latency_stats(reference.latency_ms)
-        print(f"original: reference, a Flask app doing nothing: {len(reference) / args.run_time_s:.0f} responses/s, "
-              f"p95 {ms(stats['p95'])} ms", flush=True)
+        rate, stats = reference_figures(args, reference)
+        print(f"original: reference, a Flask app doing nothing: {rate:.0f} responses/s, p95 {ms(stats['p95'])} ms",
+              flush=True)
     print(f"original: {echo_ratio_text(run, echo)}; client cores {run.cores.get('client (Locust)')}; "
           f"summary in {out / 'summary.md'}", flush=True)
     broken_reference = int((~reference.valid).sum()) if reference is not None else 0

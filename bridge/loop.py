@@ -248,10 +248,14 @@ class Bridge:
         # kafka-python keeps the position of a partition assigned again (SubscriptionState.assign_from_subscribed):
         # it would go on after the claims dropped at the revoke. Read them again from where all was finished
         # (a claim already scored is not computed twice); records this turn's poll returned from the old
-        # position are left to that read.
+        # position are left to that read. Everything below that offset is finished: it is committed next,
+        # even if nothing more arrives (the commit on revoke came from an older snapshot and may be lower).
         for tp in partitions & self.revoked_at.keys():
-            self.hold(tp, self.revoked_at[tp])
-            self.rewound[tp] = self.revoked_at[tp]
+            offset = self.revoked_at[tp]
+            self.hold(tp, offset)
+            self.rewound[tp] = offset
+            if offset > 0:
+                self.tracker.skip(tp, offset - 1)
         self.revoked_at.clear()
         self.assigned |= partitions
         self.lag.watch(self.assigned)

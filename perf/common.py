@@ -141,6 +141,32 @@ def managed(exit_stack: contextlib.ExitStack, process: ManagedProcess) -> Manage
     return process.start()
 
 
+#: The cores this process could use when it started: "any core" for a process a scenario confined and lets go.
+USABLE_CPUS = frozenset(os.sched_getaffinity(0))
+
+
+def cpu_list(choice: str) -> set[int]:
+    """The cores `choice` names: `auto`, every usable core but the first (none with a single core); `all`,
+    none (empty: no confinement); otherwise a list such as `1` or `2-7,9`."""
+    if choice == "all":
+        return set()
+    if choice == "auto":
+        usable = sorted(USABLE_CPUS)
+        return set(usable[1:]) if len(usable) > 1 else set()
+    cpus: set[int] = set()
+    for part in choice.split(","):
+        low, _, high = part.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return cpus
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of process `pid` onto `cpus`; empty: back onto every usable core."""
+    for thread in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(thread.name), cpus or USABLE_CPUS)
+
+
 # -- the stack -----------------------------------------------------------------------------------
 
 

@@ -15,6 +15,10 @@ no worker, a download needs none):
 4. Ten full downloads at once, each checked by sha256, while /healthz is probed every 20 ms on a fresh
    connection each time (`perf.loadgen probe`, as a kubelet probe does). Goal: /healthz p99 <= 20 ms
    over the probes made while the downloads ran. /healthz is probed alone first, for comparison.
+   Meanwhile the S3 stand-in and the threads reading the downloads (this process) keep to every core
+   but the first (`--rig-cpus`): in a deployment they are the object store and the clients, on
+   machines of their own, and here, on the same two cores, they took 1.2 of them from the API and its
+   probe. The ten downloads then run once more with them on any core, for comparison (no goal).
 
 The downloads are read by threads of this process in 1 MiB `readinto` calls (socket reads and
 sha256 release the GIL), so the client keeps up with the server and holds no body in memory.
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import http.client
+import os
 import resource
 import statistics
 import threading
@@ -45,6 +50,7 @@ from perf.common import (
     StackError,
     child,
     client_stats,
+    cpu_list,
     figure,
     latency_stats,
     log_events,
@@ -53,6 +59,7 @@ from perf.common import (
     machine_markdown,
     markdown_table,
     ms,
+    pin,
     results_dir,
     rss_mb,
     run_client,
@@ -61,6 +68,7 @@ from perf.common import (
     verdict,
     write_csv,
 )
+from webapp.downloads import CHUNK_BYTES
 
 MIB = 1 << 20
 BLOCK_BYTES = MIB
@@ -234,22 +242,27 @@ def check_ranges(port: int, source: Source) -> list[dict[str, Any]]:
     return rows
 
 
-def concurrent_downloads(args: argparse.Namespace, raw: Path, stack: Stack) -> dict[str, Any]:
-    """`args.concurrent` downloads at once, /healthz probed meanwhile, API RSS sampled."""
+def concurrent_downloads(args: argparse.Namespace, raw: Path, stack: Stack, rig_cpus: set[int],
+                         name: str = "healthz") -> dict[str, Any]:
+    """`args.concurrent` downloads at once, /healthz probed meanwhile (to raw/<name>.csv), API RSS sampled;
+    the S3 stand-in and this process on `rig_cpus` meanwhile (empty: any core)."""
     results: list[Fetched | None] = [None] * args.concurrent
 
     def one(index: int) -> None:
         results[index] = fetch(stack.port)
 
     threads = [threading.Thread(target=one, args=(i,), name=f"download-{i}", daemon=True) for i in range(args.concurrent)]
-    probe_cmd = [PYTHON, "-m", "perf.loadgen", "probe", "--port", str(stack.port), "--out", str(raw / "healthz.csv"),
+    probe_cmd = [PYTHON, "-m", "perf.loadgen", "probe", "--port", str(stack.port), "--out", str(raw / f"{name}.csv"),
                  "--method", "GET", "--path", "/healthz", "--kind", "healthz", "--interval-ms",
                  str(args.healthz_interval_ms), "--duration-s", str(args.timeout_s + 10)]
     log_start = log_size(stack.api.log_path)
-    with child(probe_cmd, raw / "healthz.client.log", stack.env) as prober, \
+    s3_pid = stack.services[1].process.pid  # type: ignore[union-attr]
+    with child(probe_cmd, raw / f"{name}.client.log", stack.env) as prober, \
             Sampler(lambda: rss_mb(stack.api.pid), interval_s=0.05) as sampler:
         time.sleep(1.0)  # the probe process is up and probing before the downloads start
-        meter = CpuMeter({"api": stack.api.pid, "s3 server": stack.services[1].process.pid})  # type: ignore[union-attr]
+        for pid in (s3_pid, os.getpid()):  # after the prober started: it stays on any core, as the API does
+            pin(pid, rig_cpus)
+        meter = CpuMeter({"api": stack.api.pid, "s3 server": s3_pid})
         own = resource.getrusage(resource.RUSAGE_SELF)
         started = time.time()
         for thread in threads:
@@ -262,19 +275,21 @@ def concurrent_downloads(args: argparse.Namespace, raw: Path, stack: Stack) -> d
         used = resource.getrusage(resource.RUSAGE_SELF)
         cores["client (this process)"] = round((used.ru_utime + used.ru_stime - own.ru_utime - own.ru_stime)
                                                / max(ended - started, 1e-9), 2)
+        for pid in (s3_pid, os.getpid()):
+            pin(pid, set())
         time.sleep(0.5)
         if prober.poll() is not None:
-            raise StackError(f"the /healthz probe exited early ({prober.returncode}): see {raw / 'healthz.client.log'}")
+            raise StackError(f"the /healthz probe exited early ({prober.returncode}): see {raw / (name + '.client.log')}")
     if any(thread.is_alive() for thread in threads):
         raise StackError(f"downloads still running after {args.timeout_s:g}s")
-    stats = client_stats(raw / "healthz.client.log", raw / "healthz.stats.json")
-    probes = Responses.read(raw / "healthz.csv")
+    stats = client_stats(raw / f"{name}.client.log", raw / f"{name}.stats.json")
+    probes = Responses.read(raw / f"{name}.csv")
     probes.start_s += stats.get("t0_epoch", 0) - started  # on the downloads' clock: 0 = downloads started
     during = probes.where((probes.start_s >= 0) & (probes.start_s <= ended - started))
     storage_timeouts = sum("Read timed out" in str(e.get("message", ""))
                            for e in log_events(stack.api.log_path, "log", log_start))
     return {"fetched": [r for r in results if r is not None], "probes": probes, "during": during,
-            "seconds": ended - started, "cores": cores, "storage_timeouts": storage_timeouts,
+            "seconds": ended - started, "cores": cores, "storage_timeouts": storage_timeouts, "rig_cpus": rig_cpus,
             "rss": [(t - (started - sampler.t0_epoch), v) for t, v in sampler.samples]}
 
 
@@ -282,8 +297,8 @@ def concurrent_downloads(args: argparse.Namespace, raw: Path, stack: Stack) -> d
 
 
 def plot(out: Path, idle_rss: float, single: list[tuple[float, float]], many: dict[str, Any],
-         concurrent: int, size_mib: int) -> None:
-    fig, (s_ax, m_ax, h_ax) = figure(3, f"download: {size_mib} MiB object through /download_processed")
+         shared: dict[str, Any] | None, concurrent: int, size_mib: int) -> None:
+    fig, (s_ax, m_ax, h_ax) = figure(3, f"download: {size_mib} MiB object through /download_processed", height=3.6)
     for ax, samples, title in ((s_ax, single, "API RSS during one full download"),
                                (m_ax, many["rss"], f"API RSS during {concurrent} concurrent downloads")):
         ax.plot([t for t, _ in samples], [v for _, v in samples], color="tab:blue", label="API VmRSS, every 50 ms")
@@ -295,7 +310,11 @@ def plot(out: Path, idle_rss: float, single: list[tuple[float, float]], many: di
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
     probes = many["probes"]
-    h_ax.plot(probes.start_s, probes.latency_ms, ".", markersize=3, label="/healthz, fresh connection, each probe")
+    h_ax.plot(probes.start_s, probes.latency_ms, ".", markersize=3, label=f"/healthz, fresh connection, each probe "
+              f"({rig_label(many['rig_cpus'])})")
+    if shared is not None:
+        h_ax.plot(shared["probes"].start_s, shared["probes"].latency_ms, ".", markersize=3, color="grey",
+                  label=f"the same, S3 stand-in and readers on any core (no goal), downloads for {shared['seconds']:.1f} s")
     h_ax.axhline(HEALTHZ_GOAL_P99_MS, color="red", linewidth=0.8, label=f"goal p99 {HEALTHZ_GOAL_P99_MS:g} ms")
     h_ax.axvspan(0, many["seconds"], color="tab:orange", alpha=0.1, label=f"{concurrent} downloads running")
     h_ax.set_yscale("log")
@@ -303,13 +322,17 @@ def plot(out: Path, idle_rss: float, single: list[tuple[float, float]], many: di
     h_ax.set_xlabel("seconds since the downloads started")
     h_ax.set_ylabel("latency (ms)")
     h_ax.grid(alpha=0.3)
-    h_ax.legend(fontsize=8, loc="upper right")
+    h_ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)  # below: the slow probes are on top
     save(fig, out / "download.png")
+
+
+def rig_label(cpus: set[int]) -> str:
+    return f"S3 stand-in and readers on core(s) {','.join(map(str, sorted(cpus)))}" if cpus else "all on any core"
 
 
 def summary(info: dict[str, Any], args: argparse.Namespace, source: Source, upload_s: float, idle: list[float],
             single: Fetched, single_rss: list[tuple[float, float]], source_sha: str, ranges: list[dict[str, Any]],
-            idle_probe: Responses, many: dict[str, Any]) -> str:
+            idle_probe: Responses, many: dict[str, Any], shared: dict[str, Any] | None) -> str:
     idle_rss = statistics.median(idle)
     peak = max((v for _, v in single_rss), default=idle_rss)
     growth = peak - idle_rss
@@ -317,6 +340,7 @@ def summary(info: dict[str, Any], args: argparse.Namespace, source: Source, uplo
     many_peak = max((v for _, v in many["rss"]), default=idle_rss)
     gaps = np.diff([t for t, _ in single_rss]) * 1000 if len(single_rss) > 1 else np.array([0.0])
     hs, idle_hs = latency_stats(many["during"].latency_ms), latency_stats(idle_probe.latency_ms)
+    shared_hs = latency_stats(shared["during"].latency_ms) if shared is not None else {}
     fetched: list[Fetched] = many["fetched"]
     good = sum(1 for f in fetched if f.status == 200 and f.size == source.size and f.sha256 == source_sha)
     mb = source.size / 1e6
@@ -331,10 +355,13 @@ def summary(info: dict[str, Any], args: argparse.Namespace, source: Source, uplo
                        f"sha256 `{source_sha[:16]}...`"],
             ["upload", f"MinIO client, multipart (16 MiB parts) to BUCKET_PROCESSED on the stack's S3 server "
                        f"(moto), {upload_s:.1f} s"],
-            ["API", "defaults (HTTP_THREADS 16, the view's 64 KiB chunks); no worker"],
+            ["API", f"defaults (HTTP_THREADS 16, the view's {CHUNK_BYTES // 1024} KiB chunks); no worker"],
             ["RSS", "VmRSS of the API process from /proc/<pid>/status every 50 ms; idle = median over "
                     f"{args.idle_s:g} s before the download"],
             ["concurrent", f"{args.concurrent} full downloads at once, read in 1 MiB pieces, sha256 checked"],
+            ["cores", f"during the {args.concurrent} downloads: {rig_label(many['rig_cpus'])} (`--rig-cpus "
+                      f"{args.rig_cpus}`), the API and the /healthz prober on any core"
+                      + ("; then once more with everything on any core" if shared is not None else "")],
             ["/healthz", f"every {args.healthz_interval_ms:g} ms on a fresh connection; {args.idle_probe_s:g} s alone "
                          "first for comparison"]]),
         "## Results\n\n" + markdown_table(["check", "measured", "goal", "verdict"], [
@@ -352,7 +379,13 @@ def summary(info: dict[str, Any], args: argparse.Namespace, source: Source, uplo
              f"<= {HEALTHZ_GOAL_P99_MS:g} ms", verdict(hs["p99"], HEALTHZ_GOAL_P99_MS)],
             [f"{args.concurrent} concurrent downloads complete and exact", f"{good} of {len(fetched)} in "
                                                                           f"{many['seconds']:.1f} s",
-             "all", "met" if good == args.concurrent else "**missed**"]]),
+             "all", "met" if good == args.concurrent else "**missed**"]]
+            + ([[f"/healthz p99 during {args.concurrent} downloads, S3 stand-in and readers on any core",
+                 f"{ms(shared_hs['p99'])} ms (p50 {ms(shared_hs['p50'])}, max {ms(shared_hs['max'])}, "
+                 f"{shared_hs['count']} probes, statuses {dict(shared['during'].statuses())}); downloads "
+                 f"{sum(f.sha256 == source_sha for f in shared['fetched'])} of {args.concurrent} exact in "
+                 f"{shared['seconds']:.1f} s; cores used: " + ", ".join(f"{k} {v}" for k, v in shared["cores"].items()),
+                 "none (for comparison)", ""]] if shared is not None else [])),
         f"- API RSS 0.5 s after the single download: {after:.1f} MB; peak during the {args.concurrent} concurrent "
         f"downloads: {many_peak:.1f} MB (+{many_peak - idle_rss:.1f} over idle; no goal, for information).\n"
         f"- /healthz with the API idle, just before: p50 {ms(idle_hs['p50'])}, p99 {ms(idle_hs['p99'])}, max "
@@ -374,7 +407,8 @@ def summary(info: dict[str, Any], args: argparse.Namespace, source: Source, uplo
         "## Machine\n\n" + machine_markdown(info),
         "## Files\n\n- `download.png`: API RSS over time (one download; ten at once) and every /healthz probe\n"
         "- `download_rss.csv`, `download_ranges.csv`, `download_concurrent.csv`: the figures\n"
-        "- `raw/`: every /healthz probe (`healthz.csv`, `healthz-idle.csv`), client stats, process logs",
+        "- `raw/`: every /healthz probe (`healthz.csv`, `healthz-shared.csv` with everything on any core, "
+        "`healthz-idle.csv`), client stats, process logs",
     ]) + "\n"
 
 
@@ -387,6 +421,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrent", type=int, default=10)
     parser.add_argument("--healthz-interval-ms", type=float, default=20.0)
     parser.add_argument("--timeout-s", type=float, default=600.0, help="bound on the concurrent downloads")
+    parser.add_argument("--rig-cpus", default="auto",
+                        help="cores of the S3 stand-in and the download readers during the concurrent downloads: "
+                             "auto (every core but the first), all (no confinement, and no comparison run), or a "
+                             "list such as 1 or 2-7")
     args = parser.parse_args(argv)
     args.idle_s = 1.0 if args.quick else 3.0
     args.idle_probe_s = 2.0 if args.quick else 5.0
@@ -419,7 +457,13 @@ def main(argv: list[str] | None = None) -> int:
         idle_probe = Responses.read(raw / "healthz-idle.csv")
         print(f"download: {args.concurrent} concurrent downloads, /healthz every {args.healthz_interval_ms:g} ms",
               flush=True)
-        many = concurrent_downloads(args, raw, stack)
+        rig = cpu_list(args.rig_cpus)
+        many = concurrent_downloads(args, raw, stack, rig)
+        shared = None
+        if rig:
+            print(f"download: {args.concurrent} concurrent downloads again, S3 stand-in and readers on any core",
+                  flush=True)
+            shared = concurrent_downloads(args, raw, stack, set(), "healthz-shared")
     write_csv(out / "download_rss.csv", ["phase", "t_s", "rss_mb"],
               [["idle", i * 0.05, round(v, 2)] for i, v in enumerate(idle)]
               + [["single", round(t, 3), round(v, 2)] for t, v in single_rss]
@@ -430,19 +474,22 @@ def main(argv: list[str] | None = None) -> int:
               [[i + 1, f.status, f.size, int(f.sha256 == source_sha), round(f.seconds, 3), f.error]
                for i, f in enumerate(many["fetched"])])
     idle_rss = statistics.median(idle)
-    plot(out, idle_rss, single_rss, many, args.concurrent, args.size_mib)
+    plot(out, idle_rss, single_rss, many, shared, args.concurrent, args.size_mib)
     (out / "summary.md").write_text(summary(info, args, source, upload_s, idle, single, single_rss, source_sha, ranges,
-                                            idle_probe, many))
+                                            idle_probe, many, shared))
     growth = max((v for _, v in single_rss), default=idle_rss) - idle_rss
     hs = latency_stats(many["during"].latency_ms)
     exact = single.sha256 == source_sha and single.size == source.size
-    all_ok = sum(1 for f in many["fetched"] if f.status == 200 and f.sha256 == source_sha)
+    all_ok = sum(1 for run in (many, shared) if run for f in run["fetched"] if f.status == 200 and f.sha256 == source_sha)
+    expected = args.concurrent * (2 if shared else 1)
     print(f"download: RSS growth {growth:.1f} MB (goal < {RSS_GOAL_MB:g}); sha256 {'ok' if exact else 'MISMATCH'}; "
-          f"ranges {sum(r['ok'] for r in ranges)}/{len(ranges)} exact; {all_ok}/{args.concurrent} concurrent exact; "
-          f"/healthz p99 {ms(hs['p99'])} ms (goal <= {HEALTHZ_GOAL_P99_MS:g}); summary in {out / 'summary.md'}",
+          f"ranges {sum(r['ok'] for r in ranges)}/{len(ranges)} exact; {all_ok}/{expected} concurrent exact; "
+          f"/healthz p99 {ms(hs['p99'])} ms (goal <= {HEALTHZ_GOAL_P99_MS:g}; {rig_label(rig)})"
+          + (f", {ms(latency_stats(shared['during'].latency_ms)['p99'])} ms with everything on any core" if shared else "")
+          + f"; summary in {out / 'summary.md'}",
           flush=True)
-    broken = (not exact or not all(r["ok"] for r in ranges) or all_ok != args.concurrent
-              or many["probes"].invalid().total() > 0)
+    broken = (not exact or not all(r["ok"] for r in ranges) or all_ok != expected
+              or any(run["probes"].invalid().total() > 0 for run in (many, shared) if run))
     return 1 if broken else 0
 
 

@@ -57,7 +57,7 @@ from kafka import KafkaAdminClient, KafkaProducer
 
 from devtools.processes import PYTHON, ROOT, ManagedProcess, start_api, start_worker
 from devtools.services import Service, free_port, start_kafka, start_redis, start_s3
-from perf.common import child_env, markdown_table, verdict
+from perf.common import child_env, cpu_list, markdown_table, verdict
 from perf.kafka_plots import burst_series, plot_inflight, plot_lag, write_series
 from settings import Settings
 from tasks.demo_model import FEATURES, SAMPLE_KEY, publish_demo
@@ -241,16 +241,9 @@ def bulk_cpus(choice: str, *, split: bool, beside_predict: bool) -> set[int]:
     """The cores the bulk lane is confined to (empty: no confinement). `auto`: with split lanes beside
     /predict, every usable core but the first, so that a waking /predict always finds a core no bulk
     process holds; `all`: none; otherwise a list such as `1` or `2-7`."""
-    usable = sorted(os.sched_getaffinity(0))
-    if choice == "all" or not split:
+    if not split or (choice == "auto" and not beside_predict):
         return set()
-    if choice == "auto":
-        return set(usable[1:]) if beside_predict and len(usable) > 1 else set()
-    cpus: set[int] = set()
-    for part in choice.split(","):
-        low, _, high = part.partition("-")
-        cpus.update(range(int(low), int(high or low) + 1))
-    return cpus
+    return cpu_list(choice)
 
 
 def committed(admin: KafkaAdminClient, group: str, topic: str) -> dict[int, int]:

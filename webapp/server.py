@@ -53,6 +53,10 @@ Refusal = tuple[str, list[tuple[str, str]], bytes]
 # it within the grace is answered (and told to close); longer idle connections are the ordinary keep-alive
 # race that HTTP clients handle by reconnecting.
 IDLE_GRACE_S = 1.0
+# The most a channel hands to one send() call. waitress uses the socket's SO_SNDBUF as read when the
+# connection was accepted: 16 KiB on Linux by default (tcp_wmem), so a 256 KiB download chunk took 16
+# trips through the interpreter, each giving the GIL away and taking it back. The kernel takes what fits.
+SEND_CHUNK_BYTES = 256 * 1024
 
 
 class ProbeFirstDispatcher(ThreadedTaskDispatcher):
@@ -231,6 +235,7 @@ class QuietChannel(HTTPChannel):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.sendbuf_len: int = max(self.sendbuf_len, SEND_CHUNK_BYTES)
         self.timestamps = _receive_timestamps(self.socket)
         # A new connection's first request usually arrives with it (a probe connects and sends at once):
         # read it now instead of one main-loop turn later, which under load is one more wait for the GIL.

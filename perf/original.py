@@ -5,7 +5,9 @@ choosing its next task 0-100 ms after the previous answer: 80 % POST /predict, 1
 GET /download_processed/demo/features.parquet. The stack: one Celery worker process with
 QUEUE_WORKERS=2 and the API with its defaults (HTTP_THREADS 16, micro-batching on, QUEUE_MAXSIZE 512).
 The bare-waitress echo baseline (`perf.loadgen`, closed loop over 64 connections, as in the `http`
-scenario) runs first on the same machine, for the throughput ratio.
+scenario) runs first on the same machine, for the throughput ratio. Beside Locust, two light clients
+of their own probe /healthz (a fresh connection each time) and /predict: the same run seen without
+Locust's own delays (its one event loop shares the two cores with the stack).
 
 Goals: no failures, /predict p95 <= 50 ms, /healthz p99 <= 20 ms. The original system, same profile:
 /predict p95 4.4 s, 17 % of requests failed, /healthz median 11.6 s. A failure is what Locust counts
@@ -22,17 +24,24 @@ from this profile here; `--no-reference` skips it.
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from devtools.processes import PYTHON
 from perf.common import (
     Responses,
+    Stack,
+    StackError,
     begin,
+    child,
     latency_stats,
     machine_markdown,
     markdown_table,
     ms,
     verdict,
+    wait_child,
 )
 from perf.http_bench import Run
 from perf.locust_runs import (
@@ -76,6 +85,52 @@ def goals(run: LoadRun) -> list[list[Any]]:
     ]
 
 
+#: Light clients of their own beside Locust, each one request at a time, at most one every PROBE_INTERVAL_MS:
+#: what the API answers as seen from outside Locust, whose single event loop shares the two cores with the stack it measures.
+PROBE_INTERVAL_MS = 20
+PROBES = {  # name: (method, path, kind, extra arguments)
+    "healthz-probe": ("GET", "/healthz", "healthz", []),  # a fresh connection each time, as a kubelet probes
+    "predict-probe": ("POST", "/predict", "predict", ["--keepalive"]),
+}
+
+
+@contextlib.contextmanager
+def probes(stack: Stack, raw: Path, run_time_s: float, n_features: int) -> Iterator[dict[str, Path]]:
+    """`perf.loadgen probe` for each of PROBES during the block (`run_time_s`); their responses' files."""
+    files = {name: raw / f"{name}.csv" for name in PROBES}
+    with contextlib.ExitStack() as running:
+        processes = [running.enter_context(child(
+            [PYTHON, "-m", "perf.loadgen", "probe", "--port", str(stack.port), "--out", str(files[name]),
+             "--method", method, "--path", path, "--kind", kind, "--n-features", str(n_features),
+             "--interval-ms", str(PROBE_INTERVAL_MS), "--duration-s", str(run_time_s), *extra],
+            raw / f"{name}.client.log", stack.env)) for name, (method, path, kind, extra) in PROBES.items()]
+        yield files
+        for name, process in zip(PROBES, processes, strict=True):
+            wait_child(process, name, 30)
+            if process.returncode != 0:
+                raise StackError(f"{name} exited {process.returncode}: see {raw / (name + '.client.log')}")
+
+
+def probe_section(probed: dict[str, Responses], run: LoadRun) -> str:
+    rows = []
+    for name, responses in probed.items():
+        method, path, _, extra = PROBES[name]
+        stats, locust = latency_stats(responses.latency_ms), run.stats(path)
+        rows.append([f"{method} {path}", "fresh connection" if not extra else "kept-alive connection",
+                     stats["count"], ms(stats["p50"]), ms(stats["p95"]), ms(stats["p99"]), ms(stats["max"]),
+                     ", ".join(f"{k}: {v}" for k, v in sorted(responses.statuses().items())),
+                     responses.invalid().total(),
+                     f"{ms(locust['p50'])} / {ms(locust['p95'])} / {ms(locust['p99'])}"])
+    return ("### The same run, seen by light clients of their own\n\n"
+            f"Beside Locust, `perf.loadgen probe` sent requests to each endpoint below, one at a time and at most one "
+            f"every {PROBE_INTERVAL_MS} ms, from a process of its own, for the run's length. Locust's latency includes the time its one event loop, "
+            "busy with every user and sharing the two cores with the stack, takes to send and to read; these clients "
+            "do almost nothing else, so the difference is mostly the client's and not the API's. The goals above "
+            "stay on Locust's figures.\n\n"
+            + markdown_table(["request", "how", "responses", "p50 ms", "p95 ms", "p99 ms", "max ms", "statuses",
+                              "invalid", "Locust, same endpoint: p50 / p95 / p99 ms"], rows))
+
+
 def reference_figures(args: argparse.Namespace, reference: Responses) -> tuple[float, dict[str, float]]:
     """The Flask-echo reference run's responses per second and latency percentiles."""
     return len(reference) / args.run_time_s, latency_stats(reference.latency_ms)
@@ -96,7 +151,7 @@ def reference_section(args: argparse.Namespace, reference: Responses | None) -> 
 
 
 def summary(info: dict[str, Any], args: argparse.Namespace, run: LoadRun, echo: Run, paths: list[Path],
-            reference: Responses | None) -> str:
+            probed: dict[str, Responses], reference: Responses | None) -> str:
     return "\n\n".join([
         f"# original: the original validation profile with Locust ({info['date']})",
         (__doc__ or "").split("\n\n", 1)[1].strip(),
@@ -106,6 +161,7 @@ def summary(info: dict[str, Any], args: argparse.Namespace, run: LoadRun, echo: 
         "Latency is Locust's: from sending the request to the last byte of the answer. Locust's own percentiles "
         "(last column) are rounded; the others are exact, from every response. `cores used` is CPU time over wall "
         "time (1.0 = one core busy); on 2 cores the client's share is taken from the server.",
+        probe_section(probed, run),
         *reference_section(args, reference),
         "## Machine\n\n" + machine_markdown(info),
         files_section(paths, [run]),
@@ -115,25 +171,32 @@ def summary(info: dict[str, Any], args: argparse.Namespace, run: LoadRun, echo: 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     info, out, raw = begin("original")
-    with profile_stack(args, raw) as (stack, echo):
+    with profile_stack(args, raw) as (stack, echo), \
+            probes(stack, raw, args.run_time_s, int(stack.model()["n_features"])) as probe_files:
         run = run_locust(stack, out, "original", f"original profile: {args.users} Locust users", "OriginalUser",
                          users=args.users, spawn_rate=args.spawn_rate, run_time_s=args.run_time_s,
                          extra=args.locust_extra)
     reference = run_flask_echo_reference(out, users=args.users, spawn_rate=args.spawn_rate, run_time_s=args.run_time_s,
                                          threads=args.threads) if args.reference else None
+    probed = {name: Responses.read(path) for name, path in probe_files.items()}
     write_run_csvs(out, run)
     paths = plot_run(out, run, {"/predict": PREDICT_P95_GOAL_MS, "/healthz": HEALTHZ_P99_GOAL_MS})
-    (out / "summary.md").write_text(summary(info, args, run, echo, paths, reference))
+    (out / "summary.md").write_text(summary(info, args, run, echo, paths, probed, reference))
     for goal, _, measured, met in goals(run):
         print(f"original: {goal}: {measured}: {met.strip('*')}", flush=True)
     if reference is not None:
         rate, stats = reference_figures(args, reference)
         print(f"original: reference, a Flask app doing nothing: {rate:.0f} responses/s, p95 {ms(stats['p95'])} ms",
               flush=True)
+    for name, responses in probed.items():
+        stats = latency_stats(responses.latency_ms)
+        print(f"original: {name} (a light client beside Locust): p50 {ms(stats['p50'])}, p95 {ms(stats['p95'])}, "
+              f"p99 {ms(stats['p99'])} ms", flush=True)
     print(f"original: {echo_ratio_text(run, echo)}; client cores {run.cores.get('client (Locust)')}; "
           f"summary in {out / 'summary.md'}", flush=True)
     broken_reference = int((~reference.valid).sum()) if reference is not None else 0
-    return 1 if run.broken() or broken_reference else 0
+    broken_probes = sum(responses.invalid().total() for responses in probed.values())
+    return 1 if run.broken() or broken_reference or broken_probes else 0
 
 
 if __name__ == "__main__":

@@ -57,6 +57,11 @@ IDLE_GRACE_S = 1.0
 # connection was accepted: 16 KiB on Linux by default (tcp_wmem), so a 256 KiB download chunk took 16
 # trips through the interpreter, each giving the GIL away and taking it back. The kernel takes what fits.
 SEND_CHUNK_BYTES = 256 * 1024
+# waitress accepts one connection per main-loop turn. When clients open hundreds at once (a load balancer
+# warming its pool, clients reconnecting after a restart) and every turn is busy, the last of them waited
+# seconds unaccepted, their requests unread and on the clock: perf `overload` saw 429s answered 1.5-7.5 s
+# after they were sent. A turn now takes every connection waiting, up to this many.
+ACCEPT_PER_TURN = 64
 
 
 class ProbeFirstDispatcher(ThreadedTaskDispatcher):
@@ -321,6 +326,8 @@ class EventLoop:
             wasyncore.readwrite(obj, flags)
             if isinstance(obj, QuietChannel):
                 QuietChannel.dirty.add(obj)
+            elif getattr(obj, "accepting", False):  # the listener: waitress accepted one connection; take the rest
+                _accept_waiting(obj, ACCEPT_PER_TURN - 1, within_limit=True)
 
     def _update(self, fd: int | None, obj: Any) -> None:
         current: Any = self.map.get(fd) if fd is not None else None
@@ -478,16 +485,21 @@ def serve(app: Any, settings: Settings, on_drain: Callable[[], None],
     log_event(log, "http_stopped", unfinished=left)
 
 
+def _accept_waiting(listener: Any, limit: int, *, within_limit: bool) -> None:
+    """Accept up to `limit` connections the kernel has completed on `listener`, while there are any (and,
+    `within_limit`, while waitress's connection limit allows)."""
+    for _ in range(limit):
+        if (within_limit and not listener.readable()) or not _readable(listener.socket):
+            return
+        listener.handle_accept()
+
+
 def _accept_pending(socket_map: dict[int, Any]) -> None:
     """Take the connections the kernel has completed but waitress has not accepted yet: closing the
     listener with them in its backlog would reset clients that already sent their request."""
     for dispatcher in list(socket_map.values()):
-        if not getattr(dispatcher, "accepting", False):
-            continue
-        for _ in range(getattr(dispatcher.adj, "connection_limit", 1000)):
-            if not _readable(dispatcher.socket):
-                break
-            dispatcher.handle_accept()
+        if getattr(dispatcher, "accepting", False):
+            _accept_waiting(dispatcher, getattr(dispatcher.adj, "connection_limit", 1000), within_limit=False)
 
 
 def _close_listeners(socket_map: dict[int, Any]) -> None:

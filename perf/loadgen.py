@@ -22,6 +22,12 @@ response is written to `--out` as CSV: start_s (since the run began), latency_ms
 transport error), valid (the body matched the contract for that status), detail (Retry-After value,
 `cached`, or why the response was invalid / the transport failed). In `paced` mode start_s is the time
 the request was due.
+
+In `load` and `paced` modes a response's latency ends when its last bytes reached this machine: the
+kernel's receive timestamp of the read that completed it (SO_TIMESTAMP), not when this one loop got
+round to reading it. With hundreds of connections answering at once on a machine whose cores the server
+also uses, the loop reads them one after another, sometimes tens of milliseconds later; that delay is the
+client's, not the server's. It is reported as `read_lag_p99_ms` / `read_lag_max_ms` in the stats line.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from tasks import timestamps
 
 Validator = Callable[[int, dict[str, str], bytes, bytes], tuple[bool, str]]
 
@@ -189,6 +197,7 @@ class _Conn:
     buf: bytearray = field(default_factory=bytearray)
     sent: bytes = b""
     started: float = 0.0
+    arrived: float = 0.0  # when the last bytes read arrived (perf_counter clock; kernel timestamp where there is one)
     busy: bool = False
     answered: int = 0
 
@@ -210,6 +219,8 @@ class ClosedLoop:
         self.stopped = False
         self._sel = selectors.DefaultSelector()
         self._t0 = 0.0
+        self.read_lags_ms: list[float] = []  # from a response's arrival to this loop reading it
+        self._epoch_offset = time.time() - time.perf_counter()  # kernel timestamps are wall-clock
 
     def _may_send(self, now: float) -> bool:
         return not self.stopped and self.sent < self.max_requests and now - self._t0 < self.duration_s
@@ -226,8 +237,12 @@ class ClosedLoop:
         if isinstance(sock, str):
             self.records.append(Record(time.perf_counter() - self._t0, 0.0, 0, False, sock))
             return None
+        return self._register(sock)
+
+    def _register(self, sock: socket.socket) -> _Conn:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
+        timestamps.enable(sock)
         self.connects += 1
         conn = _Conn(sock)
         self._sel.register(sock, selectors.EVENT_READ, conn)
@@ -269,13 +284,15 @@ class ClosedLoop:
 
     def _on_readable(self, conn: _Conn) -> None:
         try:
-            data = conn.sock.recv(262144)
+            data, ancillary, _flags, _address = conn.sock.recvmsg(262144, timestamps.SPACE)
         except OSError as error:
             self._fail(conn, f"recv: {error.strerror or error}")
             return
         if not data:
             self._fail(conn, "connection closed by the server")
             return
+        received = timestamps.received_at(ancillary)
+        conn.arrived = received - self._epoch_offset if received is not None else time.perf_counter()
         conn.buf += data
         try:
             parsed = parse_response(conn.buf)
@@ -285,9 +302,11 @@ class ClosedLoop:
         if parsed is None:
             return
         now = time.perf_counter()
+        arrived = min(max(conn.arrived, conn.started), now)
+        self.read_lags_ms.append((now - arrived) * 1000)
         status, headers, body, _used = parsed
         valid, detail = self.validator(status, headers, body, conn.sent)
-        self.records.append(Record(conn.started - self._t0, (now - conn.started) * 1000, status, valid, detail))
+        self.records.append(Record(conn.started - self._t0, (arrived - conn.started) * 1000, status, valid, detail))
         conn.busy = False
         conn.answered += 1
         self._after_response(conn, now, headers.get("connection", "").lower() == "close")
@@ -320,10 +339,16 @@ class ClosedLoop:
         return self.records
 
     def _sweep(self, now: float) -> None:
+        self._epoch_offset = time.time() - time.perf_counter()  # follows any adjustment of the wall clock
         for key in list(self._sel.get_map().values()):
             conn = key.data
             if conn.busy and now - conn.started > self.request_timeout_s:
                 self._fail(conn, "timeout")
+
+    def stats(self) -> dict[str, Any]:
+        lags = sorted(self.read_lags_ms)
+        return {"read_lag_p99_ms": round(lags[int(0.99 * (len(lags) - 1))], 3) if lags else None,
+                "read_lag_max_ms": round(lags[-1], 3) if lags else None}
 
     def _finish(self) -> None:
         for key in list(self._sel.get_map().values()):
@@ -382,13 +407,8 @@ class PacedLoop(ClosedLoop):
                 now = time.perf_counter()
                 self.records.append(Record(due_at - self._t0, (now - due_at) * 1000, 0, False, sock))
             return None
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setblocking(False)
-        self.connects += 1
         self.pool += 1
-        conn = _Conn(sock)
-        self._sel.register(sock, selectors.EVENT_READ, conn)
-        return conn
+        return self._register(sock)
 
     def _send_due(self, conn: _Conn, due_at: float) -> None:
         request = self.requests[self.sent % len(self.requests)]
@@ -470,7 +490,8 @@ class PacedLoop(ClosedLoop):
     def stats(self) -> dict[str, Any]:
         delays = sorted(self.send_delays_ms)
         late = sum(1 for d in delays if d > 5.0)
-        return {"t0_epoch": round(self.t0_epoch, 6), "rate": round(1 / self.interval_s, 3), "scheduled": self.total, "sent": self.sent,
+        return {**super().stats(), "t0_epoch": round(self.t0_epoch, 6), "rate": round(1 / self.interval_s, 3),
+                "scheduled": self.total, "sent": self.sent,
                 "max_backlog": self.max_backlog, "pool": self.connections, "sent_late_over_5ms": late,
                 "send_delay_p99_ms": round(delays[int(0.99 * (len(delays) - 1))], 3) if delays else None,
                 "send_delay_max_ms": round(delays[-1], 3) if delays else None}
@@ -574,6 +595,7 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signum, lambda *_: setattr(loop, "stopped", True))
         records = loop.run()
         connects = loop.connects
+        extra = loop.stats()
     elif args.mode == "paced":
         paced = PacedLoop(args.host, args.port, requests, validator, args.connections, args.duration_s,
                           args.requests, args.grace_s, args.rate, args.preopen)

@@ -19,9 +19,6 @@ import contextlib
 import logging
 import select
 import signal
-import socket
-import struct
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -33,6 +30,7 @@ from waitress.server import create_server
 from waitress.task import ThreadedTaskDispatcher, WSGITask
 
 from settings import Settings
+from tasks import timestamps
 from tasks.logs import log_event, now_ms
 from tasks.queues import DrainRate, QueueSample, retry_after_s
 from webapp.prefork import is_copy, listening_socket
@@ -178,24 +176,6 @@ class MarkedTask(WSGITask):
         return environ
 
 
-# SO_TIMESTAMP (Linux; Python does not name it): recvmsg() then carries the kernel's receive time as a
-# struct timeval. Measured: recvmsg() with it costs ~0.6 us more than recv().
-_SO_TIMESTAMP = 29
-_TIMEVAL = struct.Struct("@ll")  # struct timeval: time_t and suseconds_t, longs on Linux
-_TIMESTAMP_SPACE = socket.CMSG_SPACE(_TIMEVAL.size)
-
-
-def _receive_timestamps(sock: Any) -> bool:
-    """Ask the kernel to timestamp what this socket receives; False where it cannot."""
-    if sys.platform != "linux":
-        return False
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMP, 1)
-    except OSError:
-        return False
-    return True
-
-
 def _readable(sock: Any) -> bool:
     """Whether a socket has data to read now (poll: select() fails on descriptors above 1023)."""
     poller = select.poll()
@@ -241,7 +221,7 @@ class QuietChannel(HTTPChannel):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.sendbuf_len: int = max(self.sendbuf_len, SEND_CHUNK_BYTES)
-        self.timestamps = _receive_timestamps(self.socket)
+        self.timestamps = timestamps.enable(self.socket)
         # A new connection's first request usually arrives with it (a probe connects and sends at once):
         # read it now instead of one main-loop turn later, which under load is one more wait for the GIL.
         if _readable(self.socket):
@@ -252,7 +232,7 @@ class QuietChannel(HTTPChannel):
         if not self.timestamps:
             return super().recv(buffer_size)
         try:
-            data, ancillary, _flags, _address = self.socket.recvmsg(buffer_size, _TIMESTAMP_SPACE)
+            data, ancillary, _flags, _address = self.socket.recvmsg(buffer_size, timestamps.SPACE)
         except OSError as why:
             if why.args[0] in wasyncore._DISCONNECTED:
                 self.handle_close()
@@ -261,10 +241,9 @@ class QuietChannel(HTTPChannel):
         if not data:
             self.handle_close()  # the peer closed: wasyncore signals it with an empty read
             return b""
-        for level, kind, payload in ancillary:
-            if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMP and len(payload) >= _TIMEVAL.size:
-                seconds, microseconds = _TIMEVAL.unpack_from(payload)
-                self.received_at_ms = seconds * 1000 + microseconds // 1000
+        received = timestamps.received_at(ancillary)
+        if received is not None:
+            self.received_at_ms = int(received * 1000)
         return data
 
     def handle_read(self) -> None:

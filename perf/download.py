@@ -289,6 +289,7 @@ def concurrent_downloads(args: argparse.Namespace, raw: Path, stack: Stack, rig_
     storage_timeouts = sum("Read timed out" in str(e.get("message", ""))
                            for e in log_events(stack.api.log_path, "log", log_start))
     return {"fetched": [r for r in results if r is not None], "probes": probes, "during": during,
+            "healthz": latency_stats(during.latency_ms),
             "seconds": ended - started, "cores": cores, "storage_timeouts": storage_timeouts, "rig_cpus": rig_cpus,
             "rss": [(t - (started - sampler.t0_epoch), v) for t, v in sampler.samples]}
 
@@ -339,8 +340,8 @@ def summary(info: dict[str, Any], args: argparse.Namespace, source: Source, uplo
     after = single_rss[-1][1] if single_rss else idle_rss
     many_peak = max((v for _, v in many["rss"]), default=idle_rss)
     gaps = np.diff([t for t, _ in single_rss]) * 1000 if len(single_rss) > 1 else np.array([0.0])
-    hs, idle_hs = latency_stats(many["during"].latency_ms), latency_stats(idle_probe.latency_ms)
-    shared_hs = latency_stats(shared["during"].latency_ms) if shared is not None else {}
+    hs, idle_hs = many["healthz"], latency_stats(idle_probe.latency_ms)
+    shared_hs = shared["healthz"] if shared is not None else {}
     fetched: list[Fetched] = many["fetched"]
     good = sum(1 for f in fetched if f.status == 200 and f.size == source.size and f.sha256 == source_sha)
     mb = source.size / 1e6
@@ -478,14 +479,14 @@ def main(argv: list[str] | None = None) -> int:
     (out / "summary.md").write_text(summary(info, args, source, upload_s, idle, single, single_rss, source_sha, ranges,
                                             idle_probe, many, shared))
     growth = max((v for _, v in single_rss), default=idle_rss) - idle_rss
-    hs = latency_stats(many["during"].latency_ms)
+    hs = many["healthz"]
     exact = single.sha256 == source_sha and single.size == source.size
     all_ok = sum(1 for run in (many, shared) if run for f in run["fetched"] if f.status == 200 and f.sha256 == source_sha)
     expected = args.concurrent * (2 if shared else 1)
     print(f"download: RSS growth {growth:.1f} MB (goal < {RSS_GOAL_MB:g}); sha256 {'ok' if exact else 'MISMATCH'}; "
           f"ranges {sum(r['ok'] for r in ranges)}/{len(ranges)} exact; {all_ok}/{expected} concurrent exact; "
           f"/healthz p99 {ms(hs['p99'])} ms (goal <= {HEALTHZ_GOAL_P99_MS:g}; {rig_label(rig)})"
-          + (f", {ms(latency_stats(shared['during'].latency_ms)['p99'])} ms with everything on any core" if shared else "")
+          + (f", {ms(shared['healthz']['p99'])} ms with everything on any core" if shared else "")
           + f"; summary in {out / 'summary.md'}",
           flush=True)
     broken = (not exact or not all(r["ok"] for r in ranges) or all_ok != expected

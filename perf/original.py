@@ -111,11 +111,11 @@ def probes(stack: Stack, raw: Path, run_time_s: float, n_features: int) -> Itera
                 raise StackError(f"{name} exited {process.returncode}: see {raw / (name + '.client.log')}")
 
 
-def probe_section(probed: dict[str, Responses], run: LoadRun) -> str:
+def probe_section(probed: dict[str, tuple[Responses, dict[str, float]]], run: LoadRun) -> str:
     rows = []
-    for name, responses in probed.items():
+    for name, (responses, stats) in probed.items():
         method, path, _, extra = PROBES[name]
-        stats, locust = latency_stats(responses.latency_ms), run.stats(path)
+        locust = run.stats(path)
         rows.append([f"{method} {path}", "fresh connection" if not extra else "kept-alive connection",
                      stats["count"], ms(stats["p50"]), ms(stats["p95"]), ms(stats["p99"]), ms(stats["max"]),
                      ", ".join(f"{k}: {v}" for k, v in sorted(responses.statuses().items())),
@@ -151,7 +151,7 @@ def reference_section(args: argparse.Namespace, reference: Responses | None) -> 
 
 
 def summary(info: dict[str, Any], args: argparse.Namespace, run: LoadRun, echo: Run, paths: list[Path],
-            probed: dict[str, Responses], reference: Responses | None) -> str:
+            probed: dict[str, tuple[Responses, dict[str, float]]], reference: Responses | None) -> str:
     return "\n\n".join([
         f"# original: the original validation profile with Locust ({info['date']})",
         (__doc__ or "").split("\n\n", 1)[1].strip(),
@@ -178,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
                          extra=args.locust_extra)
     reference = run_flask_echo_reference(out, users=args.users, spawn_rate=args.spawn_rate, run_time_s=args.run_time_s,
                                          threads=args.threads) if args.reference else None
-    probed = {name: Responses.read(path) for name, path in probe_files.items()}
+    probed: dict[str, tuple[Responses, dict[str, float]]] = {}
+    for name, path in probe_files.items():
+        responses = Responses.read(path)
+        probed[name] = (responses, latency_stats(responses.latency_ms))
     write_run_csvs(out, run)
     paths = plot_run(out, run, {"/predict": PREDICT_P95_GOAL_MS, "/healthz": HEALTHZ_P99_GOAL_MS})
     (out / "summary.md").write_text(summary(info, args, run, echo, paths, probed, reference))
@@ -188,14 +191,13 @@ def main(argv: list[str] | None = None) -> int:
         rate, stats = reference_figures(args, reference)
         print(f"original: reference, a Flask app doing nothing: {rate:.0f} responses/s, p95 {ms(stats['p95'])} ms",
               flush=True)
-    for name, responses in probed.items():
-        stats = latency_stats(responses.latency_ms)
+    for name, (_, stats) in probed.items():
         print(f"original: {name} (a light client beside Locust): p50 {ms(stats['p50'])}, p95 {ms(stats['p95'])}, "
               f"p99 {ms(stats['p99'])} ms", flush=True)
     print(f"original: {echo_ratio_text(run, echo)}; client cores {run.cores.get('client (Locust)')}; "
           f"summary in {out / 'summary.md'}", flush=True)
     broken_reference = int((~reference.valid).sum()) if reference is not None else 0
-    broken_probes = sum(responses.invalid().total() for responses in probed.values())
+    broken_probes = sum(responses.invalid().total() for responses, _ in probed.values())
     return 1 if run.broken() or broken_reference or broken_probes else 0
 
 

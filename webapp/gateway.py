@@ -125,7 +125,7 @@ class Gateway:
         No request thread ever waits for another here: the sample is read and replaced as one object, and
         the refresh is claimed without blocking. (With a lock around it, 16 threads refusing requests at
         once queued on that lock and the interpreter lock in turn, and perf `shed` saw the whole API stall
-        for 300-500 ms in half its runs.)"""
+        for 300-800 ms in half its runs.)"""
         now = time.monotonic()
         cached = self._cached
         if cached is not None:

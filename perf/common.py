@@ -160,11 +160,16 @@ def cpu_list(choice: str) -> set[int]:
     return cpus
 
 
+def thread_ids(pid: int) -> list[int]:
+    """The ids of process `pid`'s threads now."""
+    return [int(thread.name) for thread in Path(f"/proc/{pid}/task").iterdir()]
+
+
 def pin(pid: int, cpus: set[int]) -> None:
     """Every thread of process `pid` onto `cpus`; empty: back onto every usable core."""
-    for thread in Path(f"/proc/{pid}/task").iterdir():
+    for tid in thread_ids(pid):
         with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
-            os.sched_setaffinity(int(thread.name), cpus or USABLE_CPUS)
+            os.sched_setaffinity(tid, cpus or USABLE_CPUS)
 
 
 # -- the stack -----------------------------------------------------------------------------------
@@ -491,11 +496,16 @@ class Responses:
         return rows
 
 
+def loadgen_command(mode: str, port: int, out: Path, *args: str) -> list[str]:
+    """`python -m perf.loadgen MODE` against 127.0.0.1:`port`, every response to `out`."""
+    return [PYTHON, "-m", "perf.loadgen", mode, "--port", str(port), "--out", str(out), *args]
+
+
 def run_client(mode: str, port: int, out: Path, log_dir: Path, *, timeout_s: float, args: Sequence[str] = (),
                status: Callable[[], str] = lambda: "") -> dict[str, Any]:
     """Run `python -m perf.loadgen MODE` to completion (bounded by `timeout_s`); its stats as a dict."""
     stats_path = out.with_suffix(".stats.json")
-    with child([PYTHON, "-m", "perf.loadgen", mode, "--port", str(port), "--out", str(out), *args],
+    with child(loadgen_command(mode, port, out, *args),
                log_dir / f"{out.stem}.client.log") as process:
         wait_child(process, f"load client {out.stem}", timeout_s, status)
     if process.returncode != 0:

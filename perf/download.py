@@ -41,7 +41,6 @@ from typing import Any, BinaryIO, cast
 
 import numpy as np
 
-from devtools.processes import PYTHON
 from perf.common import (
     CpuMeter,
     Responses,
@@ -53,6 +52,7 @@ from perf.common import (
     cpu_list,
     figure,
     latency_stats,
+    loadgen_command,
     log_events,
     log_size,
     machine_info,
@@ -252,9 +252,9 @@ def concurrent_downloads(args: argparse.Namespace, raw: Path, stack: Stack, rig_
         results[index] = fetch(stack.port)
 
     threads = [threading.Thread(target=one, args=(i,), name=f"download-{i}", daemon=True) for i in range(args.concurrent)]
-    probe_cmd = [PYTHON, "-m", "perf.loadgen", "probe", "--port", str(stack.port), "--out", str(raw / f"{name}.csv"),
-                 "--method", "GET", "--path", "/healthz", "--kind", "healthz", "--interval-ms",
-                 str(args.healthz_interval_ms), "--duration-s", str(args.timeout_s + 10)]
+    probe_cmd = loadgen_command("probe", stack.port, raw / f"{name}.csv", "--method", "GET", "--path", "/healthz",
+                                "--kind", "healthz", "--interval-ms", str(args.healthz_interval_ms),
+                                "--duration-s", str(args.timeout_s + 10))
     log_start = log_size(stack.api.log_path)
     s3_pid = stack.services[1].process.pid  # type: ignore[union-attr]
     with child(probe_cmd, raw / f"{name}.client.log", stack.env) as prober, \

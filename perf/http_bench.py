@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 
-from devtools.processes import PYTHON
 from perf import echo as echo_module
 from perf.common import (
     PERCENTILES,
@@ -41,6 +40,7 @@ from perf.common import (
     client_stats,
     figure,
     latency_stats,
+    loadgen_command,
     machine_info,
     machine_markdown,
     managed,
@@ -164,8 +164,8 @@ def measure_predict(args: argparse.Namespace, raw: Path, stack: Stack,
              "redis": stack.services[0].process.pid}  # type: ignore[union-attr]
     with contextlib.ExitStack() as running:
         probers = {name: running.enter_context(child(
-            [PYTHON, "-m", "perf.loadgen", "probe", "--port", str(stack.port), "--out", str(raw / f"{name}.csv"),
-             *probe_args(args, name, args.duration_s, *extra)], raw / f"{name}.client.log", stack.env))
+            loadgen_command("probe", stack.port, raw / f"{name}.csv", *probe_args(args, name, args.duration_s, *extra)),
+            raw / f"{name}.client.log", stack.env))
             for name, (_, extra) in PROBES.items()}
         depth = running.enter_context(Sampler(probe.depth))
         meter = CpuMeter(roots)

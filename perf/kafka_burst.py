@@ -57,7 +57,7 @@ from kafka import KafkaAdminClient, KafkaProducer
 
 from devtools.processes import PYTHON, ROOT, ManagedProcess, start_api, start_worker
 from devtools.services import Service, free_port, start_kafka, start_redis, start_s3
-from perf.common import child_env, cpu_list, markdown_table, verdict
+from perf.common import child_env, cpu_list, loadgen_command, markdown_table, thread_ids, verdict
 from perf.kafka_plots import burst_series, plot_inflight, plot_lag, write_series
 from settings import Settings
 from tasks.demo_model import FEATURES, SAMPLE_KEY, publish_demo
@@ -155,9 +155,9 @@ class PredictProbe:
         self._process: Any = None
 
     def start(self, duration_s: float) -> PredictProbe:
-        args = [PYTHON, "-m", "perf.loadgen", "probe", "--port", str(self.port), "--method", "POST", "--path",
-                "/predict", "--kind", "predict", "--n-features", str(len(FEATURES)), "--keepalive",
-                "--interval-ms", str(self.INTERVAL_MS), "--duration-s", str(duration_s), "--out", str(self.out)]
+        args = loadgen_command("probe", self.port, self.out, "--method", "POST", "--path", "/predict", "--kind",
+                               "predict", "--n-features", str(len(FEATURES)), "--keepalive",
+                               "--interval-ms", str(self.INTERVAL_MS), "--duration-s", str(duration_s))
         self._log = open(self.out.with_suffix(".log"), "wb")  # noqa: SIM115 - closed in stop()
         self._process = subprocess.Popen(args, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
         return self
@@ -284,17 +284,16 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             if prioritised else []
         # And its cores: beside /predict, all but the first (README, "Split the lanes").
         cpus = bulk_cpus(args.bulk_cpus, split=split, beside_predict=args.api)
-        cpu_list = ",".join(map(str, sorted(cpus)))
+        cpu_names = ",".join(map(str, sorted(cpus)))
         if cpus:
-            bulk_prefix = ["taskset", "--cpu-list", cpu_list, *bulk_prefix]
+            bulk_prefix = ["taskset", "--cpu-list", cpu_names, *bulk_prefix]
         # Here the S3 stand-in and the Kafka broker serve only the bulk lane (/predict reads neither), on the
         # same two cores; in a deployment they are MinIO and Kafka on machines of their own. Give them the bulk
         # lane's priority and cores, every thread (Tansu's runtime threads exist already).
         for service in (s3_service, kafka_service):
             if service.process is None or not (cpus or prioritised):
                 continue
-            for thread in Path(f"/proc/{service.process.pid}/task").iterdir():
-                tid = int(thread.name)
+            for tid in thread_ids(service.process.pid):
                 if cpus:
                     os.sched_setaffinity(tid, cpus)
                 if prioritised and args.bulk_priority == "idle":
@@ -361,7 +360,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "claims": args.claims, "maxsize": args.maxsize, "workers": args.workers, "partitions": PARTITIONS,
             "label": args.label, "lanes": args.lanes, "bulk_nice": (args.bulk_priority if args.bulk_priority != "nice" else f"nice {args.bulk_nice}")
             if args.lanes == "split" else "normal",
-            "bulk_cpus": cpu_list or "any",
+            "bulk_cpus": cpu_names or "any",
             "interactive_workers": args.interactive_workers if args.lanes == "split" else 0,
             "samples": len(sampler.rows),
             "sample_interval_ms_max": round(max((b[0] - a[0] for a, b in zip(sampler.rows, sampler.rows[1:],

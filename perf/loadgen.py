@@ -179,6 +179,13 @@ def validate_healthz(status: int, headers: dict[str, str], body: bytes, _sent: b
 VALIDATORS: dict[str, Validator] = {"predict": validate_predict, "echo": validate_echo, "healthz": validate_healthz}
 
 
+def tail(name: str, values_ms: list[float]) -> dict[str, float | None]:
+    """`<name>_p99_ms` and `<name>_max_ms` of `values_ms` (None when empty), for the stats line."""
+    ordered = sorted(values_ms)
+    return {f"{name}_p99_ms": round(ordered[int(0.99 * (len(ordered) - 1))], 3) if ordered else None,
+            f"{name}_max_ms": round(ordered[-1], 3) if ordered else None}
+
+
 # -- the closed loop ---------------------------------------------------------------------------------
 
 
@@ -346,9 +353,7 @@ class ClosedLoop:
                 self._fail(conn, "timeout")
 
     def stats(self) -> dict[str, Any]:
-        lags = sorted(self.read_lags_ms)
-        return {"read_lag_p99_ms": round(lags[int(0.99 * (len(lags) - 1))], 3) if lags else None,
-                "read_lag_max_ms": round(lags[-1], 3) if lags else None}
+        return tail("read_lag", self.read_lags_ms)
 
     def _finish(self) -> None:
         for key in list(self._sel.get_map().values()):
@@ -488,13 +493,11 @@ class PacedLoop(ClosedLoop):
         return self.records
 
     def stats(self) -> dict[str, Any]:
-        delays = sorted(self.send_delays_ms)
-        late = sum(1 for d in delays if d > 5.0)
+        late = sum(1 for d in self.send_delays_ms if d > 5.0)
         return {**super().stats(), "t0_epoch": round(self.t0_epoch, 6), "rate": round(1 / self.interval_s, 3),
                 "scheduled": self.total, "sent": self.sent,
                 "max_backlog": self.max_backlog, "pool": self.connections, "sent_late_over_5ms": late,
-                "send_delay_p99_ms": round(delays[int(0.99 * (len(delays) - 1))], 3) if delays else None,
-                "send_delay_max_ms": round(delays[-1], 3) if delays else None}
+                **tail("send_delay", self.send_delays_ms)}
 
 
 # -- probes ------------------------------------------------------------------------------------------

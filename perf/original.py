@@ -29,7 +29,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from devtools.processes import PYTHON
 from perf.common import (
     Responses,
     Stack,
@@ -37,6 +36,7 @@ from perf.common import (
     begin,
     child,
     latency_stats,
+    loadgen_command,
     machine_markdown,
     markdown_table,
     ms,
@@ -100,9 +100,9 @@ def probes(stack: Stack, raw: Path, run_time_s: float, n_features: int) -> Itera
     files = {name: raw / f"{name}.csv" for name in PROBES}
     with contextlib.ExitStack() as running:
         processes = [running.enter_context(child(
-            [PYTHON, "-m", "perf.loadgen", "probe", "--port", str(stack.port), "--out", str(files[name]),
-             "--method", method, "--path", path, "--kind", kind, "--n-features", str(n_features),
-             "--interval-ms", str(PROBE_INTERVAL_MS), "--duration-s", str(run_time_s), *extra],
+            loadgen_command("probe", stack.port, files[name], "--method", method, "--path", path, "--kind", kind,
+                            "--n-features", str(n_features), "--interval-ms", str(PROBE_INTERVAL_MS),
+                            "--duration-s", str(run_time_s), *extra),
             raw / f"{name}.client.log", stack.env)) for name, (method, path, kind, extra) in PROBES.items()]
         yield files
         for name, process in zip(PROBES, processes, strict=True):

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import socket
+import time
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 
 import pytest
+from waitress.server import create_server
 
 from tasks.logs import now_ms
-from webapp.server import ProbeFirstDispatcher
+from webapp.server import EventLoop, ProbeFirstDispatcher, QuietChannel
 
 THREADS = 2
 
@@ -74,3 +78,51 @@ def test_a_request_past_its_deadline_is_left_to_the_view_which_answers_504(
     pool = dispatcher(200, deadline_in_ms)
     pools.append(pool)
     assert pool.too_late(request(unread_ms=5), waiting=50) is False
+
+
+def test_behind_a_backlog_a_newcomer_waits_at_least_as_long_as_the_request_just_taken(
+    pools: list[ProbeFirstDispatcher],
+) -> None:
+    """Fewer requests waiting than threads predict no wait from the rate; the wait just measured
+    (250 ms, beyond the 200 ms cap) says otherwise. With nothing waiting, a thread is free."""
+    pool = dispatcher(200, 10_000)
+    pools.append(pool)
+    assert pool.too_late(request(), waiting=1) is False
+    pool.waited.taken(0.25)
+    assert pool.too_late(request(), waiting=1) is True
+    assert pool.too_late(request(), waiting=0) is False
+
+
+def app(_environ: dict[str, object], start_response: Callable[..., object]) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+    return [b"ok"]
+
+
+def test_the_drain_rate_counts_only_requests_the_threads_take_from_the_backlog(
+    pools: list[ProbeFirstDispatcher],
+) -> None:
+    """/healthz is answered by the I/O thread and never waits for a request thread: counting it (as the
+    app's completions did) made the backlog seem to drain faster than it does."""
+    pool = ProbeFirstDispatcher(THREADS, max_waiting=1000, max_wait_ms=200)
+    pools.append(pool)
+    server = create_server(app, host="127.0.0.1", port=0, _dispatcher=pool)
+    server.channel_class = QuietChannel
+    loop = EventLoop(server._map)  # type: ignore[attr-defined]
+    sent = [b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"] * 3 + [
+        b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}"] * 2
+    client = socket.create_connection(("127.0.0.1", server.effective_port), timeout=5)  # type: ignore[attr-defined]
+    try:
+        for raw in sent:
+            client.sendall(raw)
+            answer = b""
+            deadline = time.monotonic() + 5
+            while not answer.endswith(b"ok") and time.monotonic() < deadline:
+                loop.turn(0.05)
+                with contextlib.suppress(BlockingIOError):
+                    answer += client.recv(4096, socket.MSG_DONTWAIT)
+            assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"ok"), answer
+        assert pool.waited.taken_count == 2
+    finally:
+        client.close()
+        loop.close()
+        server.close()

@@ -501,6 +501,24 @@ def loadgen_command(mode: str, port: int, out: Path, *args: str) -> list[str]:
     return [PYTHON, "-m", "perf.loadgen", mode, "--port", str(port), "--out", str(out), *args]
 
 
+@contextlib.contextmanager
+def probing(port: int, raw: Path, probes: Mapping[str, Sequence[str]],
+            env: Mapping[str, str] | None = None) -> Iterator[dict[str, Path]]:
+    """`perf.loadgen probe` children beside the block, one per name in `probes` (its arguments); yields each
+    one's responses file (`raw`/<name>.csv, its log <name>.client.log). On the way out each is waited for
+    (30 s: they stop on their own `--duration-s`) and must have exited 0."""
+    files = {name: raw / f"{name}.csv" for name in probes}
+    with contextlib.ExitStack() as running:
+        processes = {name: running.enter_context(child(loadgen_command("probe", port, files[name], *args),
+                                                       raw / f"{name}.client.log", env))
+                     for name, args in probes.items()}
+        yield files
+        for name, process in processes.items():
+            wait_child(process, name, 30)
+            if process.returncode != 0:
+                raise StackError(f"the {name} probe exited {process.returncode}: see {raw / (name + '.client.log')}")
+
+
 def run_client(mode: str, port: int, out: Path, log_dir: Path, *, timeout_s: float, args: Sequence[str] = (),
                status: Callable[[], str] = lambda: "") -> dict[str, Any]:
     """Run `python -m perf.loadgen MODE` to completion (bounded by `timeout_s`); its stats as a dict."""

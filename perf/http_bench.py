@@ -36,11 +36,9 @@ from perf.common import (
     Sampler,
     Stack,
     StackError,
-    child,
     client_stats,
     figure,
     latency_stats,
-    loadgen_command,
     machine_info,
     machine_markdown,
     managed,
@@ -48,6 +46,7 @@ from perf.common import (
     ms,
     plot_percentiles,
     plot_statuses,
+    probing,
     results_dir,
     run_client,
     save,
@@ -162,28 +161,20 @@ def measure_predict(args: argparse.Namespace, raw: Path, stack: Stack,
     probe = stack.queue_probe()
     roots = {"api": stack.api.pid, **{w.name: w.pid for w in stack.workers},
              "redis": stack.services[0].process.pid}  # type: ignore[union-attr]
-    with contextlib.ExitStack() as running:
-        probers = {name: running.enter_context(child(
-            loadgen_command("probe", stack.port, raw / f"{name}.csv", *probe_args(args, name, args.duration_s, *extra)),
-            raw / f"{name}.client.log", stack.env))
-            for name, (_, extra) in PROBES.items()}
-        depth = running.enter_context(Sampler(probe.depth))
+    probes = {name: probe_args(args, name, args.duration_s, *extra) for name, (_, extra) in PROBES.items()}
+    with probing(stack.port, raw, probes, stack.env) as files, Sampler(probe.depth) as depth:
         meter = CpuMeter(roots)
         client = run_client("load", stack.port, raw / "predict.csv", raw, timeout_s=client_timeout(args),
                             args=load_args(args, "predict", "/predict", n_features))
         cores = meter.cores_used()
-        for process in probers.values():
-            process.wait(30)
     predict = Run("/predict", Responses.read(raw / "predict.csv"), client, cores, args)
     health = []
     for name, (label, _) in PROBES.items():
-        if probers[name].returncode != 0:
-            raise StackError(f"the {name} probe exited {probers[name].returncode}: see {raw / (name + '.client.log')}")
         # The probes and the queue sampler started a moment before the /predict client: put them on its clock.
         stats = client_stats(raw / f"{name}.client.log", raw / f"{name}.stats.json")
-        probes = Responses.read(raw / f"{name}.csv")
-        probes.start_s += stats.get("t0_epoch", 0) - client.get("t0_epoch", 0)
-        health.append(Run(label, probes, stats, {}, args))
+        probed = Responses.read(files[name])
+        probed.start_s += stats.get("t0_epoch", 0) - client.get("t0_epoch", 0)
+        health.append(Run(label, probed, stats, {}, args))
     shift = depth.t0_epoch - client.get("t0_epoch", 0)
     return predict, health, [(t + shift, d) for t, d in depth.samples]
 

@@ -25,23 +25,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from perf.common import (
     Responses,
     Stack,
-    StackError,
     begin,
-    child,
     latency_stats,
-    loadgen_command,
     machine_markdown,
     markdown_table,
     ms,
+    probing,
     verdict,
-    wait_child,
 )
 from perf.http_bench import Run
 from perf.locust_runs import (
@@ -94,21 +90,12 @@ PROBES = {  # name: (method, path, kind, extra arguments)
 }
 
 
-@contextlib.contextmanager
-def probes(stack: Stack, raw: Path, run_time_s: float, n_features: int) -> Iterator[dict[str, Path]]:
+def probes(stack: Stack, raw: Path, run_time_s: float, n_features: int) -> contextlib.AbstractContextManager[dict[str, Path]]:
     """`perf.loadgen probe` for each of PROBES during the block (`run_time_s`); their responses' files."""
-    files = {name: raw / f"{name}.csv" for name in PROBES}
-    with contextlib.ExitStack() as running:
-        processes = [running.enter_context(child(
-            loadgen_command("probe", stack.port, files[name], "--method", method, "--path", path, "--kind", kind,
-                            "--n-features", str(n_features), "--interval-ms", str(PROBE_INTERVAL_MS),
-                            "--duration-s", str(run_time_s), *extra),
-            raw / f"{name}.client.log", stack.env)) for name, (method, path, kind, extra) in PROBES.items()]
-        yield files
-        for name, process in zip(PROBES, processes, strict=True):
-            wait_child(process, name, 30)
-            if process.returncode != 0:
-                raise StackError(f"{name} exited {process.returncode}: see {raw / (name + '.client.log')}")
+    return probing(stack.port, raw, {
+        name: ["--method", method, "--path", path, "--kind", kind, "--n-features", str(n_features),
+               "--interval-ms", str(PROBE_INTERVAL_MS), "--duration-s", str(run_time_s), *extra]
+        for name, (method, path, kind, extra) in PROBES.items()}, stack.env)
 
 
 def probe_section(probed: dict[str, tuple[Responses, dict[str, float]]], run: LoadRun) -> str:

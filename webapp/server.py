@@ -383,13 +383,11 @@ class InFlight:
     def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
         self.app = app
         self.count = 0
-        self.completed = 0
         self._lock = threading.Lock()
 
     def _done(self) -> None:
         with self._lock:
             self.count -= 1
-            self.completed += 1
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         with self._lock:

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-unit lint perf deps clean
+.PHONY: run test test-unit fuzz lint perf deps clean
 
 $(STAMP): requirements.txt requirements-local.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ run: $(STAMP) deps
 ## test: unit, integration and end-to-end tests against real services the suite starts itself.
 test: $(STAMP) deps
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## fuzz: the fuzzers only, long: 10,000 examples per hypothesis property, longer schemathesis, socket and Kafka runs.
+fuzz: $(STAMP) deps
+	FUZZ_PROFILE=long $(PY) -m pytest -m fuzz --timeout=7200 $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)

@@ -9,9 +9,19 @@ from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from devtools.services import Service, free_port, start_kafka, start_redis, start_s3
 from settings import Settings
+from tests.fuzzing import EXAMPLES, PROFILE
+
+# Properties run EXAMPLES[profile] examples each; no per-example deadline (a loaded CI machine is slow, and
+# speed is perf/'s business, not the tests').
+for _name, _examples in EXAMPLES.items():
+    hypothesis_settings.register_profile(_name, max_examples=_examples, deadline=None, print_blob=True,
+                                         suppress_health_check=[HealthCheck.too_slow])
+hypothesis_settings.load_profile(PROFILE)
 
 #: Variables the suite controls; anything else from the caller's environment is dropped for children.
 _OURS = {"REDIS_URL", "S3_ENDPOINT", "KAFKA_BOOTSTRAP_SERVERS", "PORT", "HOST", "LOG_FORMAT"}

@@ -46,10 +46,10 @@ def main() -> int:
     def drain() -> None:
         gateway.draining = True
 
-    serve(app, settings, on_drain=drain, shed=shedder(settings.queue_maxsize),
-          deadline_of=backlog_deadline(settings.admission_ttl_ms, int(settings.inference_timeout * 1000)))
+    code = serve(app, settings, on_drain=drain, shed=shedder(settings.queue_maxsize),
+                 deadline_of=backlog_deadline(settings.admission_ttl_ms, int(settings.inference_timeout * 1000)))
     gateway.close()
-    return 0
+    return code
 
 
 if __name__ == "__main__":

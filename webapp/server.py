@@ -16,6 +16,7 @@ keep-alive clients from seeing a reset.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import select
 import signal
@@ -27,7 +28,7 @@ from typing import Any
 from waitress import wasyncore
 from waitress.channel import HTTPChannel
 from waitress.server import create_server
-from waitress.task import ThreadedTaskDispatcher, WSGITask
+from waitress.task import ErrorTask, ThreadedTaskDispatcher, WSGITask
 
 from settings import Settings
 from tasks import timestamps
@@ -107,17 +108,35 @@ class ProbeFirstDispatcher(ThreadedTaskDispatcher):
         self.deadline_of: Callable[[dict[str, str], int], int] | None = None
 
     def add_task(self, task: Any) -> None:
+        """Route a channel with a request ready. Runs in the I/O thread (or in the request thread that
+        finished the previous request on the connection): nothing raised here may reach the listener,
+        so whatever goes wrong, the request goes to waitress's own path and is answered there."""
+        try:
+            self._route(task)
+        except Exception:
+            log.exception("routing a request failed; handing it to waitress", extra={"event": "http_route_failed"})
+            super().add_task(task)
+
+    def _route(self, task: Any) -> None:
         requests = getattr(task, "requests", None)
         if not requests:
             super().add_task(task)
             return
         request = requests[0]
+        inline = isinstance(task, QuietChannel) and threading.current_thread() is threading.main_thread()
+        if request.error:
+            # waitress could not parse it (bad request line or header, body over its limit): the
+            # channel's error task answers it and closes the connection; no path, no app.
+            if inline:
+                task.serve_inline = True
+            else:
+                super().add_task(task)
+            return
         if getattr(request, "arrived_ms", None) is None:
             # When the kernel received it (the socket's receive timestamp), else now: time spent unread in
             # the socket, while the I/O thread was behind, counts against the request's deadline.
             now = now_ms()
             request.arrived_ms = min(getattr(task, "received_at_ms", None) or now, now)
-        inline = isinstance(task, QuietChannel) and threading.current_thread() is threading.main_thread()
         if request.command == "GET" and request.path in FAST_PATHS:
             if inline:
                 task.serve_inline = True  # answered by the I/O thread itself, right after it read the request
@@ -208,6 +227,34 @@ class MarkedTask(WSGITask):
         return environ
 
 
+# waitress's own refusals (it answers them before the app sees the request) by status: the contract's code.
+_ERROR_CODES = {400: "bad_request", 413: "payload_too_large", 431: "request_header_fields_too_large",
+                501: "not_implemented", 500: "internal_error"}
+
+
+class JsonErrorTask(ErrorTask):
+    """waitress's answer to a request it could not parse (400: bad request line or header; 413: body
+    over its limit; 431: headers too large; 501: unsupported Transfer-Encoding) or whose answer failed
+    (500), with the contract's JSON error body instead of waitress's plain text. The connection is
+    closed after it, as waitress does: what follows the bad request on it cannot be trusted."""
+
+    def execute(self) -> None:
+        error = self.request.error
+        if error.code == 500:
+            message = "The server failed to handle the request."
+        elif error.code == 413:  # waitress's own limit is above MAX_BODY_BYTES: name no number of its
+            message = "The request body is too large."
+        else:
+            detail = str(error.body).splitlines()[0][:200] if error.body else ""
+            message = f"{error.reason}: {detail.rstrip('.')}." if detail else f"{error.reason}."
+        body = json.dumps({"error": {"code": _ERROR_CODES.get(error.code, "bad_request"), "message": message}}).encode()
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
 def _readable(sock: Any) -> bool:
     """Whether a socket has data to read now (poll: select() fails on descriptors above 1023)."""
     poller = select.poll()
@@ -225,6 +272,7 @@ class QuietChannel(HTTPChannel):
 
     serve_inline = False
     task_class = MarkedTask
+    error_task_class = JsonErrorTask
     # For `EventLoop`: channels whose readiness may have changed since the loop last asked them (I/O
     # events, new channels) and channels a request thread is serving (it changes their state, then pulls
     # the trigger; they stay here until after that, then move to `dirty`). Set operations are atomic
@@ -256,8 +304,13 @@ class QuietChannel(HTTPChannel):
         self.timestamps = timestamps.enable(self.socket)
         # A new connection's first request usually arrives with it (a probe connects and sends at once):
         # read it now instead of one main-loop turn later, which under load is one more wait for the GIL.
+        # This runs inside the listener's accept: whatever the bytes do, the error is this channel's
+        # (logged, and the connection closed), never the listener's.
         if _readable(self.socket):
-            self.handle_read()
+            try:
+                self.handle_read()
+            except Exception:  # noqa: BLE001 - handle_error logs it and closes this connection
+                self.handle_error()
 
     def recv(self, buffer_size: int) -> bytes:
         """wasyncore's recv, also reading the kernel's receive timestamp of the data (SO_TIMESTAMP)."""
@@ -328,17 +381,23 @@ class EventLoop:
             QuietChannel.dirty.difference_update(dirty)
             candidates = [(obj._fileno, obj) for obj in dirty + list(QuietChannel.in_service)] + self.others
         for fd, obj in candidates:
-            self._update(fd, obj)
+            try:
+                self._update(fd, obj)
+            except Exception:  # noqa: BLE001 - a channel's fault closes that channel (a listener's: `keep_listening`)
+                obj.handle_error()
         for fd, flags in self.epoll.poll(timeout_s):
             obj = self.map.get(fd)
             if obj is None:
                 self._forget(fd)
                 continue
-            wasyncore.readwrite(obj, flags)
+            wasyncore.readwrite(obj, flags)  # calls the object's handle_error on any exception
             if isinstance(obj, QuietChannel):
                 QuietChannel.dirty.add(obj)
             elif getattr(obj, "accepting", False):  # the listener: waitress accepted one connection; take the rest
-                _accept_waiting(obj, ACCEPT_PER_TURN - 1, within_limit=True)
+                try:
+                    _accept_waiting(obj, ACCEPT_PER_TURN - 1, within_limit=True)
+                except Exception:  # noqa: BLE001 - logged by the listener's `keep_listening`
+                    obj.handle_error()
 
     def _update(self, fd: int | None, obj: Any) -> None:
         current: Any = self.map.get(fd) if fd is not None else None
@@ -419,11 +478,13 @@ class _Closing:
 
 def serve(app: Any, settings: Settings, on_drain: Callable[[], None],
           shed: Callable[[int, int], Refusal] | None = None,
-          deadline_of: Callable[[dict[str, str], int], int] | None = None) -> None:
-    """Run the server in this (main) thread until SIGTERM/SIGINT, then drain and return. `shed`, given
-    (requests waiting, Retry-After seconds), answers (status, headers, body) for the requests refused in
-    the backlog: QUEUE_MAXSIZE requests waiting for a thread, or a wait longer than HTTP_BACKLOG_WAIT_MS
-    or QUEUE_WAIT_SHARE of the request's deadline (which `deadline_of` computes)."""
+          deadline_of: Callable[[dict[str, str], int], int] | None = None) -> int:
+    """Run the server in this (main) thread until SIGTERM/SIGINT, then drain and return 0; return 1 at
+    once if a listening socket closes outside a drain (a process that stays up without accepting
+    connections would never be restarted by its supervisor). `shed`, given (requests waiting,
+    Retry-After seconds), answers (status, headers, body) for the requests refused in the backlog:
+    QUEUE_MAXSIZE requests waiting for a thread, or a wait longer than HTTP_BACKLOG_WAIT_MS or
+    QUEUE_WAIT_SHARE of the request's deadline (which `deadline_of` computes)."""
     counted = InFlight(app)
     # With several processes on the port each bounds its own backlog: together they hold QUEUE_MAXSIZE.
     max_waiting = -(-settings.queue_maxsize // settings.http_processes) if settings.use_bounded_queue and shed else 0
@@ -469,9 +530,18 @@ def serve(app: Any, settings: Settings, on_drain: Callable[[], None],
     # signal (stop at once) instead of starting a drain.
     signal.signal(signal.SIGINT, signal.SIG_IGN if is_copy() else _stop)
     log_event(log, "http_listening", host=settings.host, port=server.effective_port, threads=settings.http_threads)
+    listeners = [obj for obj in server._map.values() if getattr(obj, "accepting", False)]
+    for listener in listeners:
+        listener.handle_error = keep_listening(listener)
     loop = EventLoop(server._map)
     while not stopping.is_set():
         loop.turn(0.2)
+        if any(listener.socket.fileno() < 0 for listener in listeners):
+            log_event(log, "http_listener_closed", level=logging.CRITICAL,
+                      reason="a listening socket closed outside a drain; exiting so that a supervisor restarts the API")
+            dispatcher.shutdown(cancel_pending=True, timeout=1)
+            loop.close()
+            return 1
 
     on_drain()
     server.draining = True
@@ -491,6 +561,17 @@ def serve(app: Any, settings: Settings, on_drain: Callable[[], None],
         channel.close()
     loop.close()
     log_event(log, "http_stopped", unfinished=left)
+    return 0
+
+
+def keep_listening(listener: Any) -> Callable[[], None]:
+    """A listener's error handler: log the fault and keep the socket open. wasyncore's default closes the
+    dispatcher that raised, which for the listener means no connection is ever accepted again."""
+
+    def handle_error() -> None:
+        log.exception("error on the listening socket; still listening", extra={"event": "http_listener_error"})
+
+    return handle_error
 
 
 def _accept_waiting(listener: Any, limit: int, *, within_limit: bool) -> None:

@@ -48,6 +48,8 @@ def parse_json(mimetype: str, raw: bytes) -> Any:
         raise bad_request("invalid_json", f"The body is not valid JSON: {error.msg} at position {error.pos}.") from None
     except RecursionError:
         raise bad_request("invalid_json", "The body is nested too deeply.") from None
+    except ValueError:
+        raise bad_request("invalid_json", "The body holds a number too long to read.") from None
 
 
 def parse_predict(body: Any, max_instances: int) -> PredictRequest:

@@ -227,32 +227,42 @@ class MarkedTask(WSGITask):
         return environ
 
 
-# waitress's own refusals (it answers them before the app sees the request) by status: the contract's code.
-_ERROR_CODES = {400: "bad_request", 413: "payload_too_large", 431: "request_header_fields_too_large",
-                501: "not_implemented", 500: "internal_error"}
+# waitress's own refusals, answered before the app sees the request: (status line, code, message) by
+# waitress's status. A transfer coding waitress does not implement (RFC 9112 suggests 501) is answered 400:
+# it comes from the client, and a 5xx would page whoever watches this service's server errors.
+_WAITRESS_REFUSALS = {
+    400: ("400 Bad Request", "bad_request", None),
+    413: ("413 Request Entity Too Large", "payload_too_large", "The request body is too large."),
+    431: ("431 Request Header Fields Too Large", "request_header_fields_too_large", None),
+    501: ("400 Bad Request", "unsupported_transfer_encoding", "Only the chunked Transfer-Encoding is supported."),
+    500: ("500 Internal Server Error", "internal_error", "The server failed to handle the request."),
+}
 
 
 class JsonErrorTask(ErrorTask):
-    """waitress's answer to a request it could not parse (400: bad request line or header; 413: body
-    over its limit; 431: headers too large; 501: unsupported Transfer-Encoding) or whose answer failed
-    (500), with the contract's JSON error body instead of waitress's plain text. The connection is
-    closed after it, as waitress does: what follows the bad request on it cannot be trusted."""
+    """waitress's answer to a request it could not parse (a bad request line or header, a body over its
+    limit, headers too large, an unsupported Transfer-Encoding) or whose answer failed, with the contract's
+    JSON error body instead of waitress's plain text. The connection is closed after it, as waitress does:
+    what follows a request that could not be framed cannot be trusted."""
 
     def execute(self) -> None:
         error = self.request.error
-        if error.code == 500:
-            message = "The server failed to handle the request."
-        elif error.code == 413:  # waitress's own limit is above MAX_BODY_BYTES: name no number of its
-            message = "The request body is too large."
-        else:
-            detail = str(error.body).splitlines()[0][:200] if error.body else ""
-            message = f"{error.reason}: {detail.rstrip('.')}." if detail else f"{error.reason}."
-        body = json.dumps({"error": {"code": _ERROR_CODES.get(error.code, "bad_request"), "message": message}}).encode()
-        self.status = f"{error.code} {error.reason}"
+        status, code, message = _WAITRESS_REFUSALS.get(error.code, _WAITRESS_REFUSALS[400])
+        if message is None:
+            message = _waitress_words(error.reason, str(error.body or ""))
+        body = json.dumps({"error": {"code": code, "message": message}}).encode()
+        self.status = status
         self.response_headers.append(("Content-Type", "application/json"))
         self.set_close_on_finish()
         self.content_length = len(body)
         self.write(body)
+
+
+def _waitress_words(reason: str, detail: str) -> str:
+    """waitress's reason and detail ("Bad Request: Invalid header."), cut before any input it quotes
+    ('Malformed header line "..."'): an error body never echoes the request."""
+    detail = " ".join(detail.split('"', 1)[0].split())[:200].rstrip(" .:")
+    return f"{reason}: {detail}." if detail else f"{reason}."
 
 
 def _readable(sock: Any) -> bool:
@@ -336,7 +346,7 @@ class QuietChannel(HTTPChannel):
         to a request thread and back, each of which waits for the GIL while /predict keeps it busy.
         (`received()` runs under the requests lock that `service()` takes, hence after it returns.)"""
         super().handle_read()
-        if self.serve_inline:
+        while self.serve_inline:  # serving one may mark the next pipelined request for the I/O thread too
             self.serve_inline = False
             self.service()
 
@@ -536,7 +546,7 @@ def serve(app: Any, settings: Settings, on_drain: Callable[[], None],
     loop = EventLoop(server._map)
     while not stopping.is_set():
         loop.turn(0.2)
-        if any(listener.socket.fileno() < 0 for listener in listeners):
+        if any(_closed(listener) for listener in listeners):
             log_event(log, "http_listener_closed", level=logging.CRITICAL,
                       reason="a listening socket closed outside a drain; exiting so that a supervisor restarts the API")
             dispatcher.shutdown(cancel_pending=True, timeout=1)
@@ -562,6 +572,10 @@ def serve(app: Any, settings: Settings, on_drain: Callable[[], None],
     loop.close()
     log_event(log, "http_stopped", unfinished=left)
     return 0
+
+
+def _closed(listener: Any) -> bool:
+    return listener.socket is None or listener.socket.fileno() < 0
 
 
 def keep_listening(listener: Any) -> Callable[[], None]:

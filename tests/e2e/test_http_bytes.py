@@ -79,6 +79,14 @@ def test_a_nul_byte_in_a_later_request_on_a_connection_is_a_400(api: ManagedProc
     assert_unharmed(api)
 
 
+@pytest.mark.parametrize("line", [b"GARBAGE", b"GET", b"GET /healthz HTTP/1.1 extra", b"G\x00T /healthz HTTP/1.1"])
+def test_a_malformed_request_line_is_a_400_with_the_json_error_body(api: ManagedProcess, line: bytes) -> None:
+    done = exchange(port_of(api), line + b"\r\nHost: t\r\n\r\n")
+    assert done.statuses == [400], done
+    assert_json_error(done.responses[0])
+    assert_unharmed(api)
+
+
 def test_a_header_line_without_a_colon_is_a_400(api: ManagedProcess) -> None:
     done = exchange(port_of(api), b"GET /healthz HTTP/1.1\r\nHost: t\r\nno colon here\r\n\r\n")
     assert done.statuses == [400], done

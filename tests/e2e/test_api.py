@@ -91,6 +91,8 @@ MALFORMED = [
     ("NaN", JSON, b'{"features": [NaN, 1, 2, 3, 4, 5, 6, 7, 8]}', 400, "non_finite_number"),
     ("Infinity", JSON, b'{"features": [1, 2, 3, 4, 5, 6, 7, 8, -Infinity]}', 400, "non_finite_number"),
     ("overflowing number", JSON, b'{"features": [1e999, 2, 3, 4, 5, 6, 7, 8, 9]}', 400, "non_finite_number"),
+    # Beyond Python's limit on integer digits (4,300), where json.loads raises a plain ValueError.
+    ("5,000-digit integer", JSON, b'{"features": [' + b"7" * 5000 + b', 2, 3, 4, 5, 6, 7, 8, 9]}', 400, "invalid_json"),
     ("nested junk", JSON, json.dumps({"features": [[1, [2]], {"x": 1}] + ROW[2:]}).encode(), 400, "invalid_feature_value"),
     ("deep nesting", JSON, b"[" * 5000 + b"]" * 5000, 400, None),
     ("instances empty", JSON, b'{"instances": []}', 400, "invalid_request"),

@@ -74,8 +74,8 @@ def predict() -> Response:
     if parsed.single and gw.batcher is not None:
         try:
             prediction, version = gw.predict_one(parsed.rows[0], deadline_ms, sample.depth)
-        except InvalidInput as error:
-            raise ApiError(400, error.code, error.message) from None
+        except InvalidInput as error:  # 400, or 422 for a prediction that is not a finite number
+            raise ApiError(error.status, error.code, error.message) from None
         return prediction_response(True, [prediction], version, cached=False)  # the batch cached it
     outcome = gw.predict(parsed.rows, deadline_ms, sample.depth)
     if outcome.expired:

@@ -118,6 +118,16 @@ def test_malformed_requests_get_a_clear_4xx(api: str, case: str, headers: dict[s
     assert "Traceback" not in response.text
 
 
+@pytest.mark.parametrize("body", [{"features": [1.7e308] * N_FEATURES}, {"instances": [ROW, [-1.7e308] * N_FEATURES]}],
+                         ids=["single row", "instances"])
+def test_rows_the_model_cannot_score_are_422(api: str, body: dict[str, object]) -> None:
+    # Given finite features so large that the model's output overflows (JSON has no Infinity or NaN)
+    response = requests.post(f"{api}/predict", json=body, timeout=10)
+    # Then the answer is a 422 with the JSON error body, not a 200 with an invalid JSON body
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "non_finite_prediction"
+
+
 def test_every_api_log_line_is_a_json_event(api: str, api_process: ManagedProcess) -> None:
     requests.post(f"{api}/predict", json={"features": ROW}, timeout=10).raise_for_status()
     lines = [line for line in api_process.output().splitlines() if line.strip()]

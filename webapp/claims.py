@@ -126,6 +126,9 @@ def parse_claims(raw: bytes, default_bucket: str) -> ClaimsRequest:
 
 def _integer(body: dict[str, Any], name: str, low: int, high: int) -> int:
     value = body.get(name)
+    # JSON has one number type: 5.0 is the integer 5 (as JSON Schema's "integer" says), though Python reads it as a float.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ApiError(400, "invalid_request", f"{name} must be an integer from {low} to {high}.")
     return value

@@ -18,6 +18,12 @@ def test_reads_every_field() -> None:
     assert parse_claims(raw, BUCKET) == ClaimsRequest(count=2, bucket="other", object_key="k", ttl_ms=5000)
 
 
+def test_an_integral_number_written_with_a_fraction_is_that_integer() -> None:
+    # JSON (and JSON Schema's "integer") make no difference between 5 and 5.0; Python reads 5.0 as a float
+    assert parse_claims(b'{"count": 5.0, "object_key": "k", "ttl_ms": 1e3}', BUCKET) == \
+        ClaimsRequest(count=5, bucket=BUCKET, object_key="k", ttl_ms=1000)
+
+
 def test_a_null_ttl_means_none() -> None:
     assert parse_claims(b'{"count": 1, "object_key": "k", "ttl_ms": null}', BUCKET).ttl_ms is None
 
@@ -46,6 +52,8 @@ def test_a_count_over_the_limit_is_400() -> None:
     (b'{"object_key": "k"}', "invalid_request"),
     (b'{"count": 0, "object_key": "k"}', "invalid_request"),
     (b'{"count": 1.5, "object_key": "k"}', "invalid_request"),
+    (b'{"count": 1e300, "object_key": "k"}', "invalid_request"),
+    (b'{"count": 1e400, "object_key": "k"}', "invalid_request"),
     (b'{"count": true, "object_key": "k"}', "invalid_request"),
     (b'{"count": "1", "object_key": "k"}', "invalid_request"),
     (b'{"count": 1}', "invalid_request"),

@@ -119,7 +119,11 @@ def readyz() -> Response:
 
 @api.get("/openapi.json")
 def openapi() -> Response:
-    return jsonify(openapi_document())
+    gw = gateway()
+    info = gw.model_info()
+    settings = gw.settings
+    return jsonify(openapi_document(n_features=info.n_features if info else None, max_instances=settings.max_instances,
+                                    max_body_bytes=settings.max_body_bytes, bearer=settings.admin_token is not None))
 
 
 @api.get("/metrics")

@@ -27,6 +27,19 @@ class InvalidInput(InferenceError):
     status = 400
 
 
+class UnscorableInput(InvalidInput):
+    """Valid rows for which the model's output is not a finite number (an input far outside the range the
+    model was fitted on): JSON cannot carry the answer, so there is none. 422: well formed, not scorable."""
+
+    code = "non_finite_prediction"
+    status = 422
+
+
+def input_error(code: str, message: str) -> InvalidInput:
+    """The InvalidInput a (code, message) pair names, as a micro-batch reports an item's failure."""
+    return UnscorableInput(message) if code == UnscorableInput.code else InvalidInput(message, code=code)
+
+
 class ModelUnavailable(InferenceError):
     """No promoted model, or it cannot be loaded: retry later."""
 

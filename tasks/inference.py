@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.errors import InvalidInput
+from tasks.errors import InvalidInput, UnscorableInput
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,13 @@ def validate_row(row: Any, n_features: int, where: str = "features") -> None:
         raise InvalidInput(
             f"{where} has {len(row)} values; the model expects {n_features}", code="wrong_feature_count"
         )
+
+
+def check_predictions(predictions: list[float], where: str = "the rows") -> list[float]:
+    """`predictions`, if all are finite; UnscorableInput otherwise (an infinity or NaN has no JSON form)."""
+    if not all(math.isfinite(value) for value in predictions):
+        raise UnscorableInput(f"the model's output for {where} is not a finite number (an input far outside its range)")
+    return predictions
 
 
 class LoadedModel:

@@ -2,13 +2,14 @@
 
 `tasks.predict` scores one request's rows. `tasks.predict_batch` scores a micro-batch of single-row
 requests gathered by the API: one model call for all of them, with each item keeping its own deadline
-(an expired item is dropped, not run), its own result, and its own failure (an invalid item fails
-alone). The batch message expires with its latest item; earlier ones are dropped here, item by item.
+(an expired item is dropped, not run), its own result, and its own failure (an invalid item, or one whose
+prediction is not a finite number, fails alone). The batch message expires with its latest item; earlier ones are dropped here, item by item.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -17,8 +18,8 @@ from celery import shared_task
 
 from tasks.celery_app import PREDICT_BATCH_TASK, PREDICT_TASK
 from tasks.deadline import DeadlineTask
-from tasks.errors import InvalidInput
-from tasks.inference import LoadedModel, validate_row, validate_rows
+from tasks.errors import InvalidInput, UnscorableInput
+from tasks.inference import LoadedModel, check_predictions, validate_row, validate_rows
 from tasks.logs import log_event, now_ms
 from tasks.metrics import BATCH_SIZE, EXPIRED
 from tasks.runtime import worker_runtime
@@ -35,11 +36,13 @@ def _predict_logged(model: LoadedModel, rows: np.ndarray, task_id: str) -> list[
     return predictions
 
 
-@shared_task(bind=True, base=DeadlineTask, name=PREDICT_TASK)
+# `throws`: a caller's bad input is an expected outcome, logged without a traceback.
+@shared_task(bind=True, base=DeadlineTask, name=PREDICT_TASK, throws=(InvalidInput,))
 def predict(self: DeadlineTask, instances: list[list[float]]) -> dict[str, Any]:
     model = worker_runtime(self.app.settings).model.get()
     rows = validate_rows(instances, model.info.n_features)
-    return {"predictions": _predict_logged(model, rows, self.request.id), "model_version": model.version}
+    predictions = check_predictions(_predict_logged(model, rows, self.request.id))
+    return {"predictions": predictions, "model_version": model.version}
 
 
 @shared_task(bind=True, base=DeadlineTask, name=PREDICT_BATCH_TASK)
@@ -68,5 +71,6 @@ def predict_batch(self: DeadlineTask, items: list[dict[str, Any]]) -> dict[str, 
     if live:
         rows = np.asarray([items[index]["row"] for index in live], dtype=np.float64)
         for index, value in zip(live, _predict_logged(model, rows, self.request.id), strict=True):
-            results[index] = {"prediction": value}
+            results[index] = {"prediction": value} if math.isfinite(value) else {"error": {
+                "code": UnscorableInput.code, "message": "the model's output for these features is not a finite number"}}
     return {"model_version": model.version, "results": results}

@@ -19,7 +19,7 @@ def create_app(settings: Settings | None = None, *, start: bool = True) -> Flask
     """Build the app. `settings` defaults to the environment; `start=False` leaves the background
     threads (result collector, model watcher) stopped, for tests of the request layer alone."""
     settings = settings or load_settings()
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # an API: no /static route beside those /openapi.json lists
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     gateway = Gateway(settings)

@@ -23,7 +23,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.errors import DeadlineExceeded, InferenceError, InvalidInput
+from tasks.errors import DeadlineExceeded, InferenceError, input_error
 from tasks.logs import now_ms
 from tasks.metrics import BATCH_SIZE as BATCH_SIZE_METRIC
 from tasks.metrics import EXPIRED
@@ -170,5 +170,5 @@ class MicroBatcher:
                 item.future.set_exception(DeadlineExceeded("the deadline passed while the batch was queued"))
             else:
                 error_info = result.get("error") or {}
-                item.future.set_exception(InvalidInput(error_info.get("message", "invalid input"),
-                                                       code=error_info.get("code", "invalid_request")))
+                item.future.set_exception(input_error(error_info.get("code", "invalid_request"),
+                                                      error_info.get("message", "invalid input")))

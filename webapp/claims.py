@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -22,13 +23,17 @@ from kafka.errors import KafkaError
 from settings import Settings
 from tasks.logs import log_event, now_ms
 from webapp.errors import ApiError
+from webapp.parsing import decode_json
 
 log = logging.getLogger(__name__)
 
 claims = Blueprint("claims", __name__)
 
+# Limits of one request (README, /openapi.json): claims published per call, their TTL, and the length of
+# the bucket and object key named in each.
 MAX_COUNT = 100_000
 MAX_TTL_MS = 7 * 24 * 3600 * 1000
+MAX_TEXT_CHARS = 1024
 PUBLISH_TIMEOUT_S = 30.0
 
 
@@ -93,32 +98,46 @@ def _authorize(settings: Settings) -> None:
                        {"WWW-Authenticate": "Bearer"})
 
 
+@dataclass(frozen=True)
+class ClaimsRequest:
+    count: int
+    bucket: str
+    object_key: str
+    ttl_ms: int | None
+
+
+_FIELDS = frozenset({"count", "ttl_ms", "bucket", "object_key"})
+
+
+def parse_claims(raw: bytes, default_bucket: str) -> ClaimsRequest:
+    """The body of a publish request, or ApiError 400: `count` from 1 to MAX_COUNT, `ttl_ms` (optional,
+    null meaning none) from 1 to MAX_TTL_MS, `bucket` (default `default_bucket`) and `object_key` non-empty
+    strings of at most MAX_TEXT_CHARS characters, no other field. Pure: the bytes in, a value or ApiError out."""
+    body = decode_json(raw)
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_request", "The body must be a JSON object.")
+    unknown = sorted(set(body) - _FIELDS)
+    if unknown:
+        raise ApiError(400, "invalid_request", f"Unknown keys: {', '.join(unknown)[:200]}.")
+    count = _integer(body, "count", 1, MAX_COUNT)
+    ttl_ms = None if body.get("ttl_ms") is None else _integer(body, "ttl_ms", 1, MAX_TTL_MS)
+    return ClaimsRequest(count, _text(body, "bucket", default_bucket), _text(body, "object_key", None), ttl_ms)
+
+
 def _integer(body: dict[str, Any], name: str, low: int, high: int) -> int:
     value = body.get(name)
+    # JSON has one number type: 5.0 is the integer 5 (as JSON Schema's "integer" says), though Python reads it as a float.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ApiError(400, "invalid_request", f"{name} must be an integer from {low} to {high}.")
     return value
 
 
-def parse_body(settings: Settings) -> tuple[int, str, str, int | None]:
-    try:
-        body = json.loads(request.get_data(cache=False) or b"")
-    except (UnicodeDecodeError, ValueError):
-        raise ApiError(400, "invalid_json", "The body must be a JSON object.") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_request", "The body must be a JSON object.")
-    unknown = set(body) - {"count", "ttl_ms", "bucket", "object_key"}
-    if unknown:
-        raise ApiError(400, "invalid_request", f"Unknown keys: {', '.join(sorted(unknown))}.")
-    count = _integer(body, "count", 1, MAX_COUNT)
-    ttl_ms = None if body.get("ttl_ms") is None else _integer(body, "ttl_ms", 1, MAX_TTL_MS)
-    return count, _text(body, "bucket", settings.bucket_processed), _text(body, "object_key", None), ttl_ms
-
-
 def _text(body: dict[str, Any], name: str, default: str | None) -> str:
     value = body.get(name, default)
-    if not isinstance(value, str) or not value or len(value) > 1024:
-        raise ApiError(400, "invalid_request", f"{name} must be a non-empty string.")
+    if not isinstance(value, str) or not value or len(value) > MAX_TEXT_CHARS:
+        raise ApiError(400, "invalid_request", f"{name} must be a non-empty string of at most {MAX_TEXT_CHARS} characters.")
     return value
 
 
@@ -128,12 +147,12 @@ def publish_inference_claims() -> tuple[Response, int]:
     if not settings.enable_test_endpoints:
         raise ApiError(404, "not_found", "The requested URL was not found on the server.")
     _authorize(settings)
-    count, bucket, object_key, ttl_ms = parse_body(settings)
+    claim = parse_claims(request.get_data(cache=False), settings.bucket_processed)
     try:
-        published = publisher().publish(count, bucket, object_key, ttl_ms)
+        published = publisher().publish(claim.count, claim.bucket, claim.object_key, claim.ttl_ms)
     except KafkaError as error:
         log.warning("publish failed: %s", type(error).__name__, extra={"event": "publish_claims_failed"})
         raise ApiError(503, "kafka_unavailable", "Kafka is unreachable; retry shortly.", {"Retry-After": "1"}) from None
     topic = settings.kafka_topic_claims
-    log_event(log, "publish_claims_ok", topic=topic, count=published, ttl_ms=ttl_ms)
+    log_event(log, "publish_claims_ok", topic=topic, count=published, ttl_ms=claim.ttl_ms)
     return jsonify(published=published, topic=topic), 202

@@ -15,7 +15,9 @@ from webapp.errors import ApiError
 
 DEADLINE_HEADER = "X-Request-Deadline-Ms"
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
-_DECIMAL = re.compile(r"\d{1,16}")
+# ASCII digits only: `\d` would also take other scripts' digits, which int() then reads.
+_DECIMAL = re.compile(r"[0-9]{1,16}")
+_OWS = " \t"  # HTTP's optional whitespace around a field value (RFC 9110)
 _KEYS = frozenset({"features", "instances"})
 
 
@@ -40,12 +42,22 @@ def _reject_constant(name: str) -> float:
 def parse_json(mimetype: str, raw: bytes) -> Any:
     if mimetype != "application/json" and not mimetype.endswith("+json"):
         raise ApiError(415, "unsupported_media_type", "Send the body as JSON with Content-Type: application/json.")
+    return decode_json(raw)
+
+
+def decode_json(raw: bytes) -> Any:
+    """The JSON value in `raw` (UTF-8), or a 400: NaN and Infinity are refused, and so is anything the
+    decoder cannot represent (nesting deeper than the interpreter's recursion limit, integers longer than
+    its limit on integer digits)."""
     try:
         return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError:
         raise bad_request("invalid_json", "The body is not valid UTF-8.") from None
     except json.JSONDecodeError as error:
         raise bad_request("invalid_json", f"The body is not valid JSON: {error.msg} at position {error.pos}.") from None
+    except ValueError:
+        # int() refuses literals over sys.get_int_max_str_digits() (4,300 by default) with a plain ValueError.
+        raise bad_request("invalid_json", "The body holds a number with too many digits.") from None
     except RecursionError:
         raise bad_request("invalid_json", "The body is nested too deeply.") from None
     except ValueError:
@@ -78,9 +90,10 @@ def _header_ms(headers: Headers, name: str) -> int | None:
     value = headers.get(name)
     if value is None:
         return None
-    if not _DECIMAL.fullmatch(value.strip()):
+    value = value.strip(_OWS)
+    if not _DECIMAL.fullmatch(value):
         raise bad_request("invalid_deadline", f"{name} must be a non-negative integer number of milliseconds.")
-    return int(value.strip())
+    return int(value)
 
 
 def parse_deadline(headers: Headers, now_ms: int, default_ttl_ms: int) -> int:

@@ -74,8 +74,8 @@ def predict() -> Response:
     if parsed.single and gw.batcher is not None:
         try:
             prediction, version = gw.predict_one(parsed.rows[0], deadline_ms, sample.depth)
-        except InvalidInput as error:
-            raise ApiError(400, error.code, error.message) from None
+        except InvalidInput as error:  # 400, or 422 for a prediction that is not a finite number
+            raise ApiError(error.status, error.code, error.message) from None
         return prediction_response(True, [prediction], version, cached=False)  # the batch cached it
     outcome = gw.predict(parsed.rows, deadline_ms, sample.depth)
     if outcome.expired:
@@ -119,7 +119,11 @@ def readyz() -> Response:
 
 @api.get("/openapi.json")
 def openapi() -> Response:
-    return jsonify(openapi_document())
+    gw = gateway()
+    info = gw.model_info()
+    settings = gw.settings
+    return jsonify(openapi_document(n_features=info.n_features if info else None, max_instances=settings.max_instances,
+                                    max_body_bytes=settings.max_body_bytes, bearer=settings.admin_token is not None))
 
 
 @api.get("/metrics")

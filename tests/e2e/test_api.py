@@ -91,6 +91,8 @@ MALFORMED = [
     ("NaN", JSON, b'{"features": [NaN, 1, 2, 3, 4, 5, 6, 7, 8]}', 400, "non_finite_number"),
     ("Infinity", JSON, b'{"features": [1, 2, 3, 4, 5, 6, 7, 8, -Infinity]}', 400, "non_finite_number"),
     ("overflowing number", JSON, b'{"features": [1e999, 2, 3, 4, 5, 6, 7, 8, 9]}', 400, "non_finite_number"),
+    # Beyond Python's limit on integer digits (4,300), where json.loads raises a plain ValueError.
+    ("5,000-digit integer", JSON, b'{"features": [' + b"7" * 5000 + b', 2, 3, 4, 5, 6, 7, 8, 9]}', 400, "invalid_json"),
     ("nested junk", JSON, json.dumps({"features": [[1, [2]], {"x": 1}] + ROW[2:]}).encode(), 400, "invalid_feature_value"),
     ("deep nesting", JSON, b"[" * 5000 + b"]" * 5000, 400, None),
     ("instances empty", JSON, b'{"instances": []}', 400, "invalid_request"),
@@ -114,6 +116,16 @@ def test_malformed_requests_get_a_clear_4xx(api: str, case: str, headers: dict[s
     assert set(error) == {"code", "message"} and error["message"]
     assert code is None or error["code"] == code
     assert "Traceback" not in response.text
+
+
+@pytest.mark.parametrize("body", [{"features": [1.7e308] * N_FEATURES}, {"instances": [ROW, [-1.7e308] * N_FEATURES]}],
+                         ids=["single row", "instances"])
+def test_rows_the_model_cannot_score_are_422(api: str, body: dict[str, object]) -> None:
+    # Given finite features so large that the model's output overflows (JSON has no Infinity or NaN)
+    response = requests.post(f"{api}/predict", json=body, timeout=10)
+    # Then the answer is a 422 with the JSON error body, not a 200 with an invalid JSON body
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "non_finite_prediction"
 
 
 def test_every_api_log_line_is_a_json_event(api: str, api_process: ManagedProcess) -> None:

@@ -15,6 +15,9 @@ from webapp.parsing import parse_deadline, parse_json, parse_predict
     ("application/json", b'{"features": [NaN]}', 400, "non_finite_number"),
     ("application/json", b'{"features": [Infinity]}', 400, "non_finite_number"),
     ("application/json", b"[" * 100_000 + b"]" * 100_000, 400, "invalid_json"),
+    # Over Python's limit on integer digits: json.loads raises a plain ValueError, not a JSONDecodeError.
+    ("application/json", b'{"features": [' + b"9" * 5000 + b"]}", 400, "invalid_json"),
+    ("application/json", b"-" + b"1" * 4301, 400, "invalid_json"),
 ])
 def test_parse_json_rejections(mimetype: str, raw: bytes, status: int, code: str) -> None:
     with pytest.raises(ApiError) as raised:
@@ -82,7 +85,7 @@ def test_parse_deadline(headers: dict[str, str], expected: int) -> None:
     assert parse_deadline(headers, NOW, 15000) == expected
 
 
-@pytest.mark.parametrize("value", ["-1", "1.5", "soon", "", "1e3", "0x10", "99999999999999999999"])
+@pytest.mark.parametrize("value", ["-1", "1.5", "soon", "", "1e3", "0x10", "99999999999999999999", "\u0661\u0662", "+5"])
 def test_parse_deadline_rejects_bad_headers(value: str) -> None:
     for name in ("X-Request-Timeout-Ms", "X-Request-Deadline-Ms"):
         with pytest.raises(ApiError) as raised:

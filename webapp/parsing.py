@@ -60,8 +60,6 @@ def decode_json(raw: bytes) -> Any:
         raise bad_request("invalid_json", "The body holds a number with too many digits.") from None
     except RecursionError:
         raise bad_request("invalid_json", "The body is nested too deeply.") from None
-    except ValueError:
-        raise bad_request("invalid_json", "The body holds a number too long to read.") from None
 
 
 def parse_predict(body: Any, max_instances: int) -> PredictRequest:

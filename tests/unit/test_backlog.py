@@ -111,6 +111,9 @@ def test_the_drain_rate_counts_only_requests_the_threads_take_from_the_backlog(
     sent = [b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"] * 3 + [
         b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}"] * 2
     client = socket.create_connection(("127.0.0.1", server.effective_port), timeout=5)  # type: ignore[attr-defined]
+    # Non-blocking reads: in timeout mode recv() waits for data even with MSG_DONTWAIT, and this test's one
+    # thread is also the server's, which cannot answer during that wait.
+    client.setblocking(False)
     try:
         for raw in sent:
             client.sendall(raw)

@@ -93,6 +93,8 @@ def score(model: LoadedModel, rows: np.ndarray, task_id: str, claim_id: str) -> 
     predictions = model.predict(rows)
     log_event(log, "predict_inference_end", task_id=task_id, batch_size=len(rows), claim_id=claim_id,
               duration_ms=round((time.perf_counter() - started) * 1000, 3))
+    if not np.isfinite(predictions).all():  # no JSON form: the result object would not be valid JSON
+        raise SchemaMismatch("the model's output for these rows is not a finite number (inputs far outside its range)")
     return predictions
 
 

@@ -136,6 +136,19 @@ def test_wrong_columns_are_a_schema_mismatch(app: InferenceCelery, store: Object
     assert isinstance(result.result, SchemaMismatch) and result.result.code == "schema_mismatch"
 
 
+def test_rows_whose_prediction_is_not_finite_are_a_schema_mismatch(app: InferenceCelery, store: ObjectStore,
+                                                                   base_settings: Settings) -> None:
+    # Given finite feature values far outside the model's range (its output overflows)
+    key = f"it/{uuid.uuid4().hex[:8]}.parquet"
+    store.put_bytes(base_settings.bucket_processed, key, parquet({name: [1e308, -1e308] for name in FEATURES}))
+    claim_id = f"it-{uuid.uuid4().hex[:8]}"
+    # Then the claim fails for good instead of storing a result with Infinity or NaN (not JSON)
+    result = run(claim_id, base_settings.bucket_processed, key)
+    assert result.state == states.FAILURE
+    assert isinstance(result.result, SchemaMismatch) and result.result.code == "schema_mismatch"
+    assert not store.exists(base_settings.bucket_logs, result_key(claim_id))
+
+
 def test_columns_in_another_order_are_reordered(app: InferenceCelery, store: ObjectStore,
                                                 base_settings: Settings) -> None:
     key = f"it/{uuid.uuid4().hex[:8]}.parquet"

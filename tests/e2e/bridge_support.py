@@ -48,11 +48,11 @@ def claim_value(claim_id: str, bucket: str, object_key: str) -> bytes:
 Message = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]  # key, value, headers
 
 
-def publish(kafka: str, topic: str, messages: list[Message]) -> dict[int, int]:
+def publish(kafka: str, topic: str, messages: list[Message], partitions: int = PARTITIONS) -> dict[int, int]:
     """Publish round-robin over the partitions; returns each partition's end (last offset + 1)."""
     producer = KafkaProducer(bootstrap_servers=kafka, linger_ms=5)
     try:
-        futures = [producer.send(topic, key=key, value=value, headers=headers, partition=i % PARTITIONS)
+        futures = [producer.send(topic, key=key, value=value, headers=headers, partition=i % partitions)
                    for i, (key, value, headers) in enumerate(messages)]
         producer.flush(30)
         ends: dict[int, int] = {}
@@ -89,6 +89,26 @@ def read_all(kafka: str, topic: str, count: int, timeout_s: float = 30) -> list[
         while len(records) < count and time.monotonic() < deadline:
             for batch in consumer.poll(timeout_ms=200).values():
                 records.extend(batch)
+        return records
+    finally:
+        consumer.close()
+
+
+def wait_records(kafka: str, topic: str, count: int, watch: Iterable[ManagedProcess], timeout_s: float = 60) -> list[Any]:
+    """At least `count` records of `topic`, read from the start; fails when a watched process exits first or
+    after `timeout_s`, with the last log lines of the watched processes."""
+    consumer = KafkaConsumer(bootstrap_servers=kafka, group_id=None, auto_offset_reset="earliest")
+    records: list[Any] = []
+
+    def arrived() -> bool:
+        for batch in consumer.poll(timeout_ms=200).values():
+            records.extend(batch)
+        return len(records) >= count
+
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set(range(PARTITIONS))
+        consumer.assign([TopicPartition(topic, p) for p in partitions])
+        wait_until(arrived, timeout_s, f"{count} records on {topic} (got {len(records)})", watch)
         return records
     finally:
         consumer.close()

@@ -48,7 +48,7 @@ def dlq_headers(record: Record, code: str, message: str, source_topic: str | Non
                 and (header := _header(*entry)) is not None and header[0] not in ADDED]
     added = [("error", code.encode()), ("error_message", message.encode("utf-8", "replace")[:MESSAGE_MAX_BYTES])]
     if source_topic is not None:
-        added.append(("source_topic", source_topic.encode()))
+        added.append(("source_topic", source_topic.encode("utf-8", "replace")))
     return [*original, *added]
 
 

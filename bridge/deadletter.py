@@ -4,8 +4,9 @@ original key, value (a null value stays null) and headers, plus headers `error` 
 counts as done only once the DLQ write is acknowledged: the acknowledgement comes back to the poll thread
 through `events`, like a result.
 
-kafka-python's producer takes headers as (str, bytes) pairs only and refuses the whole record otherwise,
-while a consumed header may have a null value (another client wrote it): a null value is written empty.
+Records other clients wrote may be ones kafka-python's producer refuses: a header with a null value (it
+takes (str, bytes) pairs only) is written with an empty value; a record with neither key nor value (a
+tombstone) goes through the key serializer, which send() does not check, and keeps its null key.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaProducer
+from kafka.serializer import Serializer
 
+from bridge.consumer import make_producer
 from bridge.dispatch import Record
+from settings import Settings
 
 MESSAGE_MAX_BYTES = 500
 ADDED = ("error", "error_message", "source_topic")  # headers of these names in the original are replaced
@@ -28,6 +32,20 @@ class DeadLettered:
     code: str
     message: str
     error: str | None  # None when the DLQ acknowledged the write
+
+
+class _NullKey(Serializer):
+    """Keys as they are, and NULL_KEY as a null one."""
+
+    def serialize(self, topic: str, headers: list[tuple[str, bytes]], data: Any) -> bytes | None:
+        return None if data is NULL_KEY else data
+
+
+NULL_KEY = object()
+
+
+def dlq_producer(settings: Settings) -> KafkaProducer:
+    return make_producer(settings, key_serializer=_NullKey())
 
 
 def _header(key: object, value: object) -> tuple[str, bytes] | None:
@@ -61,7 +79,8 @@ class DeadLetters:
 
     def send(self, record: Record, code: str, message: str) -> None:
         source = None if record.topic == self.claims_topic else record.topic
-        future = self.producer.send(self.topic, key=record.key, value=record.value,
+        key = NULL_KEY if record.key is None else record.key
+        future = self.producer.send(self.topic, key=key, value=record.value,
                                     headers=dlq_headers(record, code, message, source))
         future.add_callback(lambda _: self.events.put(DeadLettered(record, code, message, None)))
         future.add_errback(lambda exc: self.events.put(DeadLettered(record, code, message, type(exc).__name__)))

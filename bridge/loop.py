@@ -28,8 +28,8 @@ from kafka import TopicPartition
 
 from bridge import dispatch
 from bridge.claims import Claim, parse_claim, parse_key, task_id
-from bridge.consumer import GroupConsumer, make_producer
-from bridge.deadletter import DeadLettered, DeadLetters
+from bridge.consumer import GroupConsumer
+from bridge.deadletter import DeadLettered, DeadLetters, dlq_producer
 from bridge.dispatch import Dispatcher, InFlight, Record, ResultArrived, failure_code
 from bridge.errors import ClaimRejected, CommitFailed, KafkaUnavailable, ServiceUnavailable
 from bridge.flow import FlowControl, Transition
@@ -128,7 +128,7 @@ class Bridge:
         topics = [settings.kafka_topic_claims, settings.kafka_topic_model_selected, settings.kafka_topic_model_training]
         self.collector.start()
         self.lag.start()
-        self.dead_letters = DeadLetters(make_producer(settings), settings.kafka_topic_dlq, self.events,
+        self.dead_letters = DeadLetters(dlq_producer(settings), settings.kafka_topic_dlq, self.events,
                                         settings.kafka_topic_claims)
         self.consumer = GroupConsumer(settings, topics, Rebalance(self))
         log_event(log, "bridge_started", topics=topics, group=settings.kafka_group_id, maxsize=settings.queue_maxsize)

@@ -90,6 +90,7 @@ def parse_key(key: object) -> str | None:
 
 
 def parse_claim(value: object, headers: object) -> Claim:
+    """The claim a record holds: value first (invalid_json, invalid_claim), then the deadline header."""
     data = parse_value(value)
     claim_id = data.get("claim_id")
     if not isinstance(claim_id, str) or not _CLAIM_ID.fullmatch(claim_id):

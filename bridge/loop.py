@@ -3,6 +3,9 @@
 Each turn, as named steps: apply rebalances, handle what came back (results, DLQ acknowledgements), decide
 pause/resume from the depth, poll at most `room` records and take them, re-send overdue claims, commit.
 
+- Two kinds of failure: a record that cannot be parsed (or names an artifact that is not stored) goes to the
+  DLQ with its code and the loop goes on; a service that refuses a record's effect (Redis, S3, the broker)
+  holds that record and takes none for RETRY_WAIT_S, then reads it again: good work is never dead-lettered.
 - Depth is the claims in flight (dispatched, not finished), guarded by the bulk queue's Redis length in
   case other producers fill it. A record beyond the room is never taken: the consumer seeks back to it.
 - Commit rule (offsets.py): per partition, the lowest unfinished offset; at least every second, and on

@@ -16,8 +16,9 @@ from bridge.errors import ClaimRejected
 
 MAX_TEXT_CHARS = 200  # names, versions and ids: enough for any real one, short enough to log whole
 MAX_OBJECT_KEY_BYTES = 1024  # S3's limit
-# S3's bucket naming rules (3-63 lowercase letters, digits, dots and hyphens, not an IP address): a name the
-# object store client refuses fails in the worker, outside any claim's own error handling.
+# S3's bucket naming rules (3-63 lowercase letters, digits, dots and hyphens, not an IP address). The worker's
+# object store client raises on a name it refuses before any request, outside the claim's own error
+# handling: one such claim would fail its whole batch, valid claims with it.
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _IPV4 = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){3}")
 
@@ -40,7 +41,7 @@ def json_object(value: object) -> dict[str, Any]:
     return data
 
 
-def encodable(text: str) -> bool:
+def _encodable(text: str) -> bool:
     """True when `text` has a UTF-8 form (no lone surrogates): JSON escapes let those through."""
     try:
         text.encode("utf-8")
@@ -50,7 +51,7 @@ def encodable(text: str) -> bool:
 
 
 def _printable(text: str) -> bool:
-    return encodable(text) and not any(ord(char) < 32 or ord(char) == 127 for char in text)
+    return _encodable(text) and not any(ord(char) < 32 or ord(char) == 127 for char in text)
 
 
 def text(data: dict[str, Any], name: str, *, max_chars: int = MAX_TEXT_CHARS) -> str:

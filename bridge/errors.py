@@ -1,6 +1,8 @@
 """The bridge's errors: what the poll loop does with each is decided by its type.
 
 - `ClaimRejected`: this record cannot be processed; it goes to the DLQ with `code` and counts as done.
+- `ServiceUnavailable`: the object store or Redis did not answer while a record was acted on; the record is
+  held and read again after RETRY_WAIT_S, never dead-lettered.
 - `KafkaUnavailable`: the broker did not answer; retried with an interruptible wait, fatal at start-up.
 - `CommitFailed`: a commit was refused (usually a rebalance in progress); the next commit retries.
 
@@ -19,6 +21,10 @@ class ClaimRejected(BridgeError):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class ServiceUnavailable(BridgeError):
+    pass
 
 
 class KafkaUnavailable(BridgeError):

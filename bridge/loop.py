@@ -3,6 +3,9 @@
 Each turn, as named steps: apply rebalances, handle what came back (results, DLQ acknowledgements), decide
 pause/resume from the depth, poll at most `room` records and take them, re-send overdue claims, commit.
 
+- Two kinds of failure: a record that cannot be parsed (or names an artifact that is not stored) goes to the
+  DLQ with its code and the loop goes on; a service that refuses a record's effect (Redis, S3, the broker)
+  holds that record and takes none for RETRY_WAIT_S, then reads it again: good work is never dead-lettered.
 - Depth is the claims in flight (dispatched, not finished), guarded by the bulk queue's Redis length in
   case other producers fill it. A record beyond the room is never taken: the consumer seeks back to it.
 - Commit rule (offsets.py): per partition, the lowest unfinished offset; at least every second, and on
@@ -27,21 +30,21 @@ import redis
 from kafka import TopicPartition
 
 from bridge import dispatch
-from bridge.claims import Claim, parse_claim, task_id
-from bridge.consumer import GroupConsumer, make_producer
-from bridge.deadletter import DeadLettered, DeadLetters
+from bridge.claims import Claim, parse_claim, parse_key, task_id
+from bridge.consumer import GroupConsumer
+from bridge.deadletter import DeadLettered, DeadLetters, dlq_producer
 from bridge.dispatch import Dispatcher, InFlight, Record, ResultArrived, failure_code
-from bridge.errors import ClaimRejected, CommitFailed, KafkaUnavailable
+from bridge.errors import ClaimRejected, CommitFailed, KafkaUnavailable, ServiceUnavailable
 from bridge.flow import FlowControl, Transition
 from bridge.lag import LagMonitor
-from bridge.models import ModelRecords, Training
+from bridge.models import ModelRecords, Training, parse_selected, parse_training
 from bridge.offsets import OffsetTracker
 from bridge.rebalance import Assigned, Rebalance, Revoked, labelled, names
 from settings import Settings
 from tasks import heartbeat, metrics
 from tasks.celery_app import create_celery
 from tasks.logs import log_event, now_ms
-from tasks.model_store import ModelStore
+from tasks.model_store import ModelStore, Pointer
 from tasks.queues import QueueProbe
 from tasks.results import ResultCollector
 from tasks.storage import ObjectStore
@@ -51,7 +54,9 @@ log = logging.getLogger(__name__)
 POLL_TIMEOUT_MS = 100  # how long a turn may wait for records: also how late a result is handled, at most
 COMMIT_INTERVAL_S = 1.0
 QUEUE_SAMPLE_INTERVAL_S = 0.05  # the Redis length guard is one round trip per 50 ms at most
-RETRY_WAIT_S = 1.0  # after Redis or Kafka refused an enqueue or a DLQ write
+RETRY_WAIT_S = 1.0  # after Redis, S3 or Kafka refused an enqueue, a promotion or a DLQ write
+
+Work = Claim | Training | Pointer  # what a record asks for, by topic
 
 
 class Bridge:
@@ -126,7 +131,8 @@ class Bridge:
         topics = [settings.kafka_topic_claims, settings.kafka_topic_model_selected, settings.kafka_topic_model_training]
         self.collector.start()
         self.lag.start()
-        self.dead_letters = DeadLetters(make_producer(settings), settings.kafka_topic_dlq, self.events)
+        self.dead_letters = DeadLetters(dlq_producer(settings), settings.kafka_topic_dlq, self.events,
+                                        settings.kafka_topic_claims)
         self.consumer = GroupConsumer(settings, topics, Rebalance(self))
         log_event(log, "bridge_started", topics=topics, group=settings.kafka_group_id, maxsize=settings.queue_maxsize)
         try:
@@ -297,8 +303,8 @@ class Bridge:
             return
         metrics.BRIDGE_RECORDS.labels("dead_lettered").inc()
         metrics.BRIDGE_DEAD_LETTERED.labels(event.code).inc()
-        log_event(log, "claim_dead_lettered", key=_key(record), error=event.code, tp=f"{record.topic}:{record.partition}",
-                  offset=record.offset)
+        log_event(log, "claim_dead_lettered", key=parse_key(record.key) or task_id(record.topic, record.partition, record.offset),
+                  error=event.code, tp=f"{record.topic}:{record.partition}", offset=record.offset)
         self.finish(record)
 
     def finish(self, record: Record) -> None:
@@ -343,8 +349,8 @@ class Bridge:
                 continue
             try:
                 room -= self.route(record, work)
-            except Exception as error:  # noqa: BLE001 - kombu's errors when Redis refuses the enqueue
-                self.enqueue_failed(error)
+            except Exception as error:  # noqa: BLE001 - ServiceUnavailable, or kombu's when Redis refuses the enqueue
+                self.refused(error)
                 self.hold(tp, record.offset)
                 held.add(tp)
                 room = 0
@@ -360,16 +366,21 @@ class Bridge:
         except KafkaUnavailable as error:  # revoked meanwhile: its new owner starts from the committed offset
             log.warning("seek %s:%d failed: %s", tp.topic, tp.partition, error, extra={"event": "seek_failed"})
 
-    def enqueue_failed(self, error: Exception) -> None:
-        log.warning("enqueue failed: %s; retrying in %.0fs", type(error).__name__, RETRY_WAIT_S,
-                    extra={"event": "queue_unavailable"})
+    def refused(self, error: Exception) -> None:
+        """A service refused the record being handled, which the caller holds: take none for RETRY_WAIT_S."""
+        if not isinstance(error, ServiceUnavailable):  # that one was logged where it happened
+            log.warning("enqueue failed: %s; retrying in %.0fs", type(error).__name__, RETRY_WAIT_S,
+                        extra={"event": "queue_unavailable"})
         self._retry_after = time.monotonic() + RETRY_WAIT_S
 
-    def parse(self, record: Record) -> Claim | ClaimRejected | None:
-        """A claims-topic record as a Claim (or why it is rejected); None for the model topics."""
-        if record.topic != self.settings.kafka_topic_claims:
-            return None
+    def parse(self, record: Record) -> Work | ClaimRejected:
+        """The record as the work its topic asks for, or why it is rejected (pure: no I/O)."""
+        settings = self.settings
         try:
+            if record.topic == settings.kafka_topic_model_selected:
+                return parse_selected(record.value)
+            if record.topic == settings.kafka_topic_model_training:
+                return parse_training(record.value)
             return parse_claim(record.value, record.headers)
         except ClaimRejected as rejected:
             return rejected
@@ -385,7 +396,7 @@ class Bridge:
         try:
             self.dispatcher.send_claims([(task_id(r.topic, r.partition, r.offset), claim) for r, claim in outbox])
         except Exception as error:  # noqa: BLE001 - kombu's errors when Redis refuses the enqueue
-            self.enqueue_failed(error)
+            self.refused(error)
             for record, _ in outbox:
                 if record.tp not in held:
                     self.hold(record.tp, record.offset)  # the outbox is in poll order: the lowest offset
@@ -397,27 +408,29 @@ class Bridge:
         outbox.clear()
         return True
 
-    def route(self, record: Record, parsed: Claim | ClaimRejected | None) -> int:
-        """Handle one record that is not a claim to send; returns the slots it now occupies in flight."""
-        settings = self.settings
+    def route(self, record: Record, parsed: Work | ClaimRejected) -> int:
+        """Handle one record that is not a claim to send; returns the slots it now occupies in flight. Raises
+        `ServiceUnavailable` (or kombu's errors) when a service refused it: the caller holds it."""
+        if isinstance(parsed, Pointer):
+            try:
+                self.models.select(parsed)
+            except ClaimRejected as rejected:
+                parsed = rejected
+            else:
+                metrics.BRIDGE_RECORDS.labels("model_selected").inc()
         if isinstance(parsed, ClaimRejected):
             self.dead_letter(record, parsed.code, parsed.message)
+            return 1
+        if isinstance(parsed, Training):
+            self.dispatcher.send(task_id(record.topic, record.partition, record.offset), parsed)
+            metrics.BRIDGE_RECORDS.labels("model_training").inc()
+            self.models.announced(parsed)
+            self.started(record, parsed)
             return 1
         if isinstance(parsed, Claim):  # expired before it was taken
             metrics.BRIDGE_RECORDS.labels("expired").inc()
             metrics.EXPIRED.labels("admission").inc()
             log_event(log, "ttl_expired", source="bridge", key=parsed.claim_id)
-        elif record.topic == settings.kafka_topic_model_selected:
-            metrics.BRIDGE_RECORDS.labels("model_selected").inc()
-            self.models.selected(record.value)
-        elif record.topic == settings.kafka_topic_model_training:
-            metrics.BRIDGE_RECORDS.labels("model_training").inc()
-            training = self.models.training(record.value)
-            if training is not None:
-                task = task_id(record.topic, record.partition, record.offset)
-                self.dispatcher.send(task, training)
-                self.started(record, training)
-                return 1
         self.tracker.skip(record.tp, record.offset)
         return 0
 
@@ -536,9 +549,3 @@ class Bridge:
         self.tracker.committed(offsets)
         metrics.BRIDGE_COMMITS.labels("ok").inc()
         log_event(log, "commit_offsets", tps=names(offsets), offsets=labelled(offsets))
-
-
-def _key(record: Record) -> str:
-    if record.key is None:
-        return f"{record.topic}:{record.partition}:{record.offset}"
-    return record.key.decode("utf-8", "replace")[:200]

@@ -14,6 +14,7 @@ from typing import Any
 
 import requests
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.serializer import Serializer
 
 from devtools.processes import PYTHON, ManagedProcess
 from devtools.services import free_port
@@ -48,11 +49,21 @@ def claim_value(claim_id: str, bucket: str, object_key: str) -> bytes:
 Message = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]  # key, value, headers
 
 
-def publish(kafka: str, topic: str, messages: list[Message]) -> dict[int, int]:
-    """Publish round-robin over the partitions; returns each partition's end (last offset + 1)."""
-    producer = KafkaProducer(bootstrap_servers=kafka, linger_ms=5)
+class _NullKey(Serializer):
+    def serialize(self, topic: str, headers: list[tuple[str, bytes]], data: Any) -> bytes | None:
+        return None if data is NULL_KEY else data
+
+
+NULL_KEY = object()  # kafka-python's send() refuses key=None with value=None, not a null key from the serializer
+
+
+def publish(kafka: str, topic: str, messages: list[Message], partitions: int = PARTITIONS) -> dict[int, int]:
+    """Publish round-robin over the partitions; returns each partition's end (last offset + 1). A message
+    may have neither key nor value (a tombstone, as other clients write them)."""
+    producer = KafkaProducer(bootstrap_servers=kafka, linger_ms=5, key_serializer=_NullKey())
     try:
-        futures = [producer.send(topic, key=key, value=value, headers=headers, partition=i % PARTITIONS)
+        futures = [producer.send(topic, key=NULL_KEY if key is None else key, value=value, headers=headers,
+                                 partition=i % partitions)
                    for i, (key, value, headers) in enumerate(messages)]
         producer.flush(30)
         ends: dict[int, int] = {}
@@ -94,6 +105,29 @@ def read_all(kafka: str, topic: str, count: int, timeout_s: float = 30) -> list[
         consumer.close()
 
 
+def wait_records(kafka: str, topic: str, count: int, watch: Iterable[ManagedProcess], timeout_s: float = 60) -> list[Any]:
+    """At least `count` records of `topic`, read from the start; fails when a watched process exits first or
+    after `timeout_s`, with the last log lines of the watched processes."""
+    consumer = KafkaConsumer(bootstrap_servers=kafka, group_id=None, auto_offset_reset="earliest")
+    records: list[Any] = []
+
+    def arrived() -> bool:
+        for batch in consumer.poll(timeout_ms=200).values():
+            records.extend(batch)
+        return len(records) >= count
+
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set(range(PARTITIONS))
+        consumer.assign([TopicPartition(topic, p) for p in partitions])
+        try:
+            wait_until(arrived, timeout_s, f"{count} records on {topic}", watch)
+        except AssertionError as error:
+            raise AssertionError(f"{len(records)} read: {error}") from None
+        return records
+    finally:
+        consumer.close()
+
+
 def results(settings: Settings, prefix: str) -> set[str]:
     """Claim ids under `prefix` that have a result object in BUCKET_LOGS."""
     names = ObjectStore(settings).client.list_objects(settings.bucket_logs, prefix=f"claims/{prefix}-", recursive=True)
@@ -112,6 +146,13 @@ def start_bridge(env: dict[str, str], log_dir: Path, name: str = "bridge", ready
     if ready:
         bridge.wait_for(lambda: _status(f"{bridge.url}/readyz") == 200, 60, "/readyz 200")
     return bridge
+
+
+def same_process(bridge: ManagedProcess, pid: int) -> None:
+    """The bridge is still the process `pid`, it started once, and every line it logged is its own."""
+    assert bridge.alive() and bridge.pid == pid, f"the bridge died:\n{bridge.output()[-3000:]}"
+    assert len(bridge.events("bridge_started")) == 1
+    assert {event["pid"] for event in bridge.events()} == {pid}
 
 
 def _status(url: str) -> int:

@@ -11,8 +11,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import kafka
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.record.default_records import DefaultRecordBatch
 from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata
 
@@ -37,6 +39,41 @@ REQUEST_TIMEOUT_MS = 10000
 # bound held the rest. 64 KiB (~500 claims) lets every partition move in each round of fetches.
 PARTITION_FETCH_BYTES = 64 * 1024
 COMMIT_TIMEOUT_MS = 5000
+
+
+class _LenientText(bytearray):
+    """A slice of a record batch whose `decode` replaces what is not UTF-8 (U+FFFD) instead of raising."""
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return bytearray.decode(self, encoding, "replace")
+
+
+class _LenientBatch(bytearray):
+    """A record batch's bytes whose slices are `_LenientText`."""
+
+    def __getitem__(self, index: Any) -> Any:
+        item = bytearray.__getitem__(self, index)
+        return _LenientText(item) if isinstance(index, slice) else item
+
+
+def read_header_keys_leniently() -> bool:
+    """Make kafka-python read a record's header keys as Kafka's Java client does: bytes that are not UTF-8
+    become U+FFFD. kafka-python 3.0.12 decodes them strictly, inside the fetcher: one record with such a key
+    (other clients can write one) raises UnicodeDecodeError out of every poll() at that offset, and the
+    partition stalls for good. Its record batch keeps its bytes in the `_buffer` slot (the header key is a
+    slice of it that is decoded); the slot is wrapped so that every buffer put there reads leniently.
+    Applied once, on kafka-python 3.0.x only; elsewhere it is left alone and says so (False)."""
+    slot = DefaultRecordBatch.__dict__.get("_buffer")
+    if isinstance(slot, property):
+        return True  # already applied
+    if not kafka.__version__.startswith("3.0.") or type(slot).__name__ != "member_descriptor":
+        return False
+
+    def put(batch: DefaultRecordBatch, value: Any) -> None:
+        slot.__set__(batch, value if isinstance(value, _LenientBatch) else _LenientBatch(value))
+
+    DefaultRecordBatch._buffer = property(slot.__get__, put)  # type: ignore[attr-defined]
+    return True
 
 
 @contextmanager
@@ -96,6 +133,9 @@ class GroupConsumer:
 
     def __init__(self, settings: Settings, topics: list[str], listener: ConsumerRebalanceListener) -> None:
         self.manual_commit = settings.use_manual_commit
+        if not read_header_keys_leniently():
+            log.warning("kafka-python %s: header keys that are not UTF-8 are not handled; one such record stalls "
+                        "its partition", kafka.__version__, extra={"event": "kafka_client_unpatched"})
         with translated("consumer"):
             self.consumer = KafkaConsumer(
                 bootstrap_servers=settings.kafka_bootstrap_servers,

@@ -95,6 +95,34 @@ def test_a_model_record_nested_50000_deep_is_dead_lettered_and_the_bridge_goes_o
     same_process(bridge, pid)
 
 
+class NotUtf8(str):
+    """A header key that kafka-python's producer writes as bytes that are not UTF-8 (other clients can)."""
+
+    def encode(self, *_: object, **__: object) -> bytes:
+        return b"\xff\xfe-" + str.encode(self)
+
+
+def test_a_header_key_that_is_not_utf8_stalls_nothing(
+        module_env: dict[str, str], kafka_service: Service, settings: Settings, worker: ManagedProcess,
+        bridges: Callable[..., ManagedProcess]) -> None:
+    # Given a running bridge
+    kafka, prefix = kafka_service.address, f"hkey-{uuid.uuid4().hex[:6]}"
+    env = bridge_env(module_env, kafka, maxsize=10)
+    bridge = bridges(env)
+    pid = bridge.pid
+    # When records arrive whose header keys are not UTF-8: valid claims, and one that is not JSON
+    odd = [(NotUtf8("trace"), b"t1"), (NotUtf8("deadline_ms"), b"not a deadline")]
+    valid = valid_claims(prefix, 2, settings.bucket_processed, SAMPLE_KEY, headers=odd)
+    ends = publish(kafka, env["KAFKA_TOPIC_CLAIMS"], [valid[0], (b"text", b"not json", odd), valid[1]])
+    # Then the claims are computed (an unreadable header name is no header of theirs), the other is on the
+    # DLQ as invalid_json, the offsets are committed past all three, by the same bridge process
+    wait_until(lambda: len(results(settings, prefix)) == 2, 60, "the valid claims computed", [bridge, worker])
+    [record] = dead_letters(kafka, env, 1, bridge)
+    assert record.key == b"text" and dict(record.headers)["error"] == b"invalid_json"
+    wait_committed(kafka, env["KAFKA_GROUP_ID"], env["KAFKA_TOPIC_CLAIMS"], ends, [bridge])
+    same_process(bridge, pid)
+
+
 def test_a_model_selected_record_naming_a_missing_artifact_is_dead_lettered(
         module_env: dict[str, str], kafka_service: Service, settings: Settings, demo_model: str,
         bridges: Callable[..., ManagedProcess]) -> None:

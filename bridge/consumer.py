@@ -14,8 +14,8 @@ from typing import Any
 import kafka
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.record.default_records import DefaultRecordBatch
 from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
+from kafka.record.default_records import DefaultRecordBatch
 from kafka.structs import OffsetAndMetadata
 
 from bridge.errors import CommitFailed, KafkaUnavailable

@@ -178,6 +178,8 @@ class Bridge:
             self.stopping.wait(RETRY_WAIT_S)
             records = []
         self.handle_events()  # a rebalance during poll: apply it before taking records
+        assert self.dead_letters is not None
+        self.dead_letters.resend_due()
         self.take(records, room)
         self.watch_workers()
         self.resend_overdue()
@@ -299,7 +301,7 @@ class Bridge:
             log.warning("DLQ write failed (%s); retrying", event.error, extra={"event": "dlq_write_failed"})
             self._retry_after = time.monotonic() + RETRY_WAIT_S
             assert self.dead_letters is not None
-            self.dead_letters.send(record, event.code, event.message)
+            self.dead_letters.retry_later(record, event.code, event.message)
             return
         metrics.BRIDGE_RECORDS.labels("dead_lettered").inc()
         metrics.BRIDGE_DEAD_LETTERED.labels(event.code).inc()

@@ -123,6 +123,29 @@ def test_a_header_key_that_is_not_utf8_stalls_nothing(
     same_process(bridge, pid)
 
 
+def test_a_record_too_large_to_republish_whole_is_dead_lettered_without_its_value(
+        module_env: dict[str, str], kafka_service: Service, settings: Settings, worker: ManagedProcess,
+        bridges: Callable[..., ManagedProcess]) -> None:
+    # Given a running bridge
+    kafka, prefix = kafka_service.address, f"large-{uuid.uuid4().hex[:6]}"
+    env = bridge_env(module_env, kafka, maxsize=10)
+    bridge = bridges(env)
+    pid = bridge.pid
+    # When a record that is not a claim arrives just under the producer's 1 MiB limit (the DLQ's headers
+    # would take it over), then a valid claim
+    value = b"x" * (1024 * 1024 - 120)  # with its key and header: 1,048,557 bytes; with the DLQ headers: 1,048,618
+    ends = publish(kafka, env["KAFKA_TOPIC_CLAIMS"], [(b"large", value, [("trace", b"t1")]),
+                                                      *valid_claims(prefix, 1, settings.bucket_processed, SAMPLE_KEY)])
+    # Then it is on the DLQ without its value, saying how large it was, and the claim after it is computed
+    [record] = dead_letters(kafka, env, 1, bridge)
+    headers = dict(record.headers)
+    assert record.key == b"large" and record.value is None
+    assert headers["error"] == b"invalid_json" and headers["value_dropped"] == str(len(value)).encode()
+    wait_until(lambda: len(results(settings, prefix)) == 1, 60, "the valid claim computed", [bridge, worker])
+    wait_committed(kafka, env["KAFKA_GROUP_ID"], env["KAFKA_TOPIC_CLAIMS"], ends, [bridge])
+    same_process(bridge, pid)
+
+
 def test_a_model_selected_record_naming_a_missing_artifact_is_dead_lettered(
         module_env: dict[str, str], kafka_service: Service, settings: Settings, demo_model: str,
         bridges: Callable[..., ManagedProcess]) -> None:

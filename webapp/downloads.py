@@ -23,19 +23,6 @@ from webapp.errors import ApiError
 
 downloads = Blueprint("downloads", __name__)
 
-
-class KeyConverter(PathConverter):
-    """Werkzeug's `path`, but matching a leading slash and line breaks too, so that such keys reach
-    `check_key` and get its 400 rather than a 404."""
-
-    part_isolating = False
-    regex = r"[\s\S]+?"
-
-
-@downloads.record_once
-def _add_key_converter(state: BlueprintSetupState) -> None:
-    state.app.url_map.converters["object_key"] = KeyConverter
-
 # Larger chunks mean fewer trips through the interpreter per megabyte (less GIL traffic with many
 # downloads at once); each in-flight chunk is held in memory once per download.
 CHUNK_BYTES = 256 * 1024
@@ -49,6 +36,19 @@ SLASH_LOOKALIKES = frozenset("\u2044\u2215\u29f8\u2571\u2216\u29f5\u29f9")
 # paragraph separators: invisible or line-breaking in logs and listings, never part of a real file name.
 REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 REPLACEMENT = "\ufffd"  # what a URL's invalid UTF-8 decodes to: the caller's bytes are not the key we would read
+
+
+class KeyConverter(PathConverter):
+    """Werkzeug's `path`, but matching a leading slash and line breaks too, so that such keys reach
+    `check_key` and get its 400 rather than a 404."""
+
+    part_isolating = False
+    regex = r"[\s\S]+?"
+
+
+@downloads.record_once
+def _add_key_converter(state: BlueprintSetupState) -> None:
+    state.app.url_map.converters["object_key"] = KeyConverter
 
 
 def check_key(key: str) -> str:

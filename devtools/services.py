@@ -113,21 +113,32 @@ def redis_binary() -> str:
     return found
 
 
-def start_redis(port: int | None = None, workdir: Path | None = None) -> Service:
+def start_redis(port: int | None = None, workdir: Path | None = None, password: str | None = None) -> Service:
+    """`password`: clients must AUTH with it (`--requirepass`); put it in REDIS_URL as `redis://:<quoted>@host:port/db`."""
     port = port or free_port()
     workdir = workdir or Path(tempfile.mkdtemp(prefix="redis-"))
     args = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
             "--dir", str(workdir), "--protected-mode", "no"]
+    if password is not None:
+        args += ["--requirepass", password]
     log_path = workdir / "redis.log"
     process = _spawn(args, log_path)
-    wait_until(lambda: _redis_ping(port), 20, f"redis-server on 127.0.0.1:{port}", process)
+    wait_until(lambda: _redis_ping(port, password), 20, f"redis-server on 127.0.0.1:{port}", process)
     return Service("redis", "127.0.0.1", port, process, log_path, workdir, args)
 
 
-def _redis_ping(port: int) -> bool:
+def _redis_ping(port: int, password: str | None = None) -> bool:
+    request, expected = b"PING\r\n", b"+PONG"
+    if password is not None:
+        secret = password.encode()
+        request = b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(secret), secret) + request
+        expected = b"+OK\r\n" + expected
     with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-        sock.sendall(b"PING\r\n")
-        return sock.recv(16).startswith(b"+PONG")
+        sock.sendall(request)
+        answer = b""
+        while len(answer) < len(expected) and (chunk := sock.recv(64)):
+            answer += chunk
+        return answer.startswith(expected)
 
 
 def start_s3(port: int | None = None, workdir: Path | None = None) -> Service:

@@ -113,8 +113,11 @@ class Settings(BaseSettings):
     @field_validator("flower_basic_auth")
     @classmethod
     def _user_password(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and ":" not in value.get_secret_value():
-            raise ValueError("must be user:password")
+        # Flower splits the value at commas into user:password pairs and compares each whole, so a comma in
+        # the password would make its tail a credential of its own: every part must be user:password.
+        if value is not None and not all(user and password for user, _, password
+                                         in (part.partition(":") for part in value.get_secret_value().split(","))):
+            raise ValueError("must be user:password (several separated by commas; no comma in a password)")
         return value
 
     @model_validator(mode="after")

@@ -40,6 +40,9 @@ def install(app: InferenceCelery) -> None:
 
     @signals.worker_init.connect(weak=False)
     def _startup(**_: Any) -> None:
+        # Celery sends worker_init before setup_logging: without this, the announcement and a start-up
+        # failure would go to the unconfigured root logger and be lost.
+        configure_logging("worker", settings)
         announce("worker", settings)
         try:
             require_services(settings)

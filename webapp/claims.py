@@ -8,6 +8,7 @@ starts (and serves /predict) without Kafka when the endpoint is off or unused.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
@@ -89,11 +90,22 @@ def publisher() -> ClaimsPublisher:
 
 
 def _authorize(settings: Settings) -> None:
+    """401 unless the request carries `Authorization: Bearer <ADMIN_TOKEN>` (the scheme in any case).
+
+    The comparison is of SHA-256 digests with `hmac.compare_digest`: constant time in the token's value and,
+    since digests have one length, in its length too."""
     if settings.admin_token is None:
         return
-    expected = f"Bearer {settings.admin_token.get_secret_value()}".encode()
-    given = request.headers.get("Authorization", "").encode()
-    if not hmac.compare_digest(given, expected):
+    expected = settings.admin_token.get_secret_value().encode()
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    try:
+        # WSGI hands header values over decoded as latin-1: encoding them back gives the bytes the client
+        # sent, so a UTF-8 token matches and any other bytes simply differ.
+        given = token.encode("latin-1")
+    except UnicodeEncodeError:
+        given = b""
+    same = hmac.compare_digest(hashlib.sha256(given).digest(), hashlib.sha256(expected).digest())
+    if not (same and scheme.lower() == "bearer"):
         raise ApiError(401, "unauthorized", "This endpoint needs Authorization: Bearer <ADMIN_TOKEN>.",
                        {"WWW-Authenticate": "Bearer"})
 

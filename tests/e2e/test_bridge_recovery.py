@@ -5,6 +5,7 @@ Real processes throughout: a Celery worker, `python -m bridge` (one or two), the
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 import uuid
@@ -45,10 +46,15 @@ def test_sigkill_mid_burst_loses_nothing(module_env: dict[str, str], kafka_servi
     ends = publish(kafka_service.address, topic, valid_claims(prefix, count, settings.bucket_processed, SAMPLE_KEY))
     wait_until(lambda: first.events("commit_offsets") and len(computed_claims(worker, prefix)) >= 100, 60,
                "a quarter of the burst computed and committed", [first, worker])
-    # When it is killed without warning, and a new one starts in the same group
-    first.signal(signal.SIGKILL)
-    first.wait_exit(10)
-    assert len(results(settings, prefix)) < count, "the burst finished before the kill: make it larger"
+    # When it is killed without warning with claims in flight (the worker held stopped meanwhile, so that the
+    # burst cannot finish first however fast the machine), and a new one starts in the same group
+    os.killpg(worker.pid, signal.SIGSTOP)
+    try:
+        first.signal(signal.SIGKILL)
+        first.wait_exit(10)
+        assert len(results(settings, prefix)) < count, "the burst finished before the kill"
+    finally:
+        os.killpg(worker.pid, signal.SIGCONT)
     second = bridges({**env, "BRIDGE_METRICS_PORT": str(free_port())}, "bridge-b")
     # Then every claim ends with a result, and the offsets are committed to the end
     wait_until(lambda: len(results(settings, prefix)) == count, 120, "every claim has a result", [second, worker])

@@ -90,6 +90,12 @@ def test_an_unsatisfiable_or_multiple_range_is_416(stack: ManagedProcess, header
     ("e2e/%01control", 400, "invalid_key"),
     ("e2e/%2e/blob.bin", 400, "invalid_key"),
     ("e2e%5Cblob.bin", 400, "invalid_key"),
+    ("/e2e/blob.bin", 400, "invalid_key"),
+    ("e2e/%252e%252e/e2e/blob.bin", 400, "invalid_key"),
+    ("e2e/%EF%BC%8E%EF%BC%8E/e2e/blob.bin", 400, "invalid_key"),
+    ("e2e/%E2%80%AEblob.bin", 400, "invalid_key"),
+    ("e2e/%FF.bin", 400, "invalid_key"),
+    ("e2e/" + "x" * 1021, 400, "invalid_key"),
 ])
 def test_bad_and_missing_keys(stack: ManagedProcess, path: str, status: int, code: str) -> None:
     response = requests.get(f"{stack.url}/download_processed/{path}", timeout=5)

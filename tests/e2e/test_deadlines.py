@@ -22,6 +22,9 @@ from tasks.celery_app import PREDICT_BATCH_TASK, create_celery
 from tasks.queues import QueueProbe, register_batch
 
 ROW = [50.0, 49.0, 48.5, 47.0, 45.0, 52.0, 51.0, 0.5, 0.86]
+# How late an answer may reach the client on a loaded 2-core machine (scheduling, the result collector's
+# wake-up, loopback): generous, and still far below INFERENCE_TIMEOUT (15 s), the next thing a caller could wait for.
+LATE_S = 2.0
 
 
 @pytest.fixture
@@ -51,9 +54,11 @@ def test_work_that_expires_in_the_queue_is_never_run(
     response = post(idle_api.url, timeout_ms=600)
     elapsed = time.monotonic() - started
     idle_api.stop()
-    # Then its caller gets 504 no later than the deadline plus 100 ms
+    # Then its caller gets 504 at its deadline (counted from arrival, after the client started its clock),
+    # not earlier, and not as late as INFERENCE_TIMEOUT
     assert response.status_code == 504 and response.json()["error"]["code"] == "deadline_exceeded"
-    assert 0.55 <= elapsed <= 0.7, f"answered after {elapsed:.3f}s"
+    # (10 ms below: deadlines are whole epoch milliseconds, rounded at admission)
+    assert 0.59 <= elapsed < 0.6 + LATE_S, f"answered after {elapsed:.3f}s"
     sent = idle_api.events("batch_sent" if microbatch == "true" else "queue_enqueued")
     task_id = sent[-1]["task_id"]
     # When a worker starts after the deadline
@@ -104,7 +109,8 @@ def test_a_deadline_already_past_is_504_without_enqueuing(idle_api: ManagedProce
 
 
 def test_a_full_queue_sheds_with_429_and_a_retry_after(idle_api: ManagedProcess, module_redis: redis.Redis) -> None:
-    # Given the queue filled to its bound (3) by requests that wait for a worker
+    # Given the queue filled to its bound (3) by requests that wait for a worker (none comes: they stay queued,
+    # and counted, past their deadline)
     fillers = [threading.Thread(target=post, args=(idle_api.url, 3000)) for _ in range(3)]
     for thread in fillers:
         thread.start()
@@ -113,12 +119,13 @@ def test_a_full_queue_sheds_with_429_and_a_retry_after(idle_api: ManagedProcess,
     while probe.depth() < 3 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert probe.depth() == 3
-    # When more requests arrive
-    responses = [post(idle_api.url, 3000) for _ in range(20)]
-    # Then each is refused at once with 429, a JSON body and an integer Retry-After
+    # When more requests arrive, each with a 30 s deadline
+    responses = [post(idle_api.url, 30_000) for _ in range(20)]
+    # Then each is refused with 429, a JSON body and an integer Retry-After, without waiting: no worker will
+    # ever free a slot, so an answer long before the 30 s deadline is an answer that waited for nothing
     assert [r.status_code for r in responses] == [429] * 20
     assert all(r.json()["error"]["code"] == "queue_full" and r.headers["Retry-After"].isdigit() for r in responses)
-    assert all(r.elapsed.total_seconds() < 0.5 for r in responses)
+    assert all(r.elapsed.total_seconds() < LATE_S for r in responses)
     rejected = idle_api.wait_for_event("queue_job_rejected_full", 10, count=20)
     assert len(rejected) == 20 and all(e["depth"] >= 3 and e["maxsize"] == 3 for e in rejected)
     for thread in fillers:
@@ -129,40 +136,45 @@ def test_requests_beyond_the_backlog_bound_get_429_and_the_wait_counts_against_t
     module_env: dict[str, str], module_redis: redis.Redis, log_dir: Path, demo_model: str
 ) -> None:
     # Given an API with 2 request threads, a bound of 4 and no worker, and both threads held until their
-    # 1.5 s deadline by requests already enqueued
+    # 4 s deadline by requests already enqueued
     module_redis.flushdb()
     server = start_api({**module_env, "QUEUE_MAXSIZE": "4", "HTTP_THREADS": "2"}, log_dir, free_port(), ready=False)
     try:
         server.wait_for(lambda: bool(server.events("model_discovered")), 30, "the promoted model")
-        answers: list[tuple[int, float, str]] = []
+        answers: list[tuple[str, int, float, str]] = []  # (who, status, when answered (monotonic), body)
         lock = threading.Lock()
 
-        def call(timeout_ms: int) -> None:
-            started = time.monotonic()
+        def call(who: str, timeout_ms: int) -> None:
             response = post(server.url, timeout_ms)
             with lock:
-                answers.append((response.status_code, time.monotonic() - started, response.text))
+                answers.append((who, response.status_code, time.monotonic(), response.text))
 
-        holders = [threading.Thread(target=call, args=(1500,)) for _ in range(2)]
+        hold_s = 4.0
+        holders = [threading.Thread(target=call, args=("holder", int(hold_s * 1000))) for _ in range(2)]
+        # The threads free up at the holders' deadline, counted from their arrival: not before this
+        threads_free_at = time.monotonic() + hold_s
         for thread in holders:
             thread.start()
         server.wait_for(lambda: len(server.events("queue_enqueued")) == 2, 10, "both threads taken")
         # When 10 requests with a 1 s deadline arrive at once
-        callers = [threading.Thread(target=call, args=(1000,)) for _ in range(10)]
+        callers = [threading.Thread(target=call, args=("caller", 1000)) for _ in range(10)]
         for thread in callers:
             thread.start()
         for thread in holders + callers:
-            thread.join(10)
-        # Then 4 wait in the backlog and the other 6 are refused at once with 429
-        statuses = sorted(status for status, _, _ in answers)
-        assert statuses == [429] * 6 + [504] * 6, statuses
-        shed = [(elapsed, json.loads(text)) for status, elapsed, text in answers if status == 429]
+            thread.join(15)
+        # Then 4 wait in the backlog and the other 6 are refused with 429
+        statuses = sorted(status for who, status, _, _ in answers if who == "caller")
+        assert statuses == [429] * 6 + [504] * 4, statuses
+        assert [status for who, status, _, _ in answers if who == "holder"] == [504, 504]
+        shed = [(at, json.loads(text)) for who, status, at, text in answers if who == "caller" and status == 429]
         assert all(body["error"]["code"] == "queue_full" for _, body in shed)
-        assert max(elapsed for elapsed, _ in shed) < 0.5
-        # And the ones that waited get their 504 when a thread frees up (at the holders' deadline), already
-        # past their own deadline (counted from arrival) and without being run: nothing more was enqueued
-        late = sorted(elapsed for status, elapsed, _ in answers if status == 504)
-        assert max(late) < 2.0, late
+        # at once: every refusal reached its caller while both threads were still held
+        assert max(at for at, _ in shed) < threads_free_at
+        # And the ones that waited get their 504 only when a thread frees up (at the holders' deadline), already
+        # past their own 1 s deadline (counted from arrival) and without being run: nothing more was enqueued
+        late = [at for who, status, at, _ in answers if who == "caller" and status == 504]
+        # (10 ms below: deadlines are whole epoch milliseconds, rounded at admission)
+        assert all(threads_free_at - 0.01 <= at < threads_free_at + LATE_S for at in late), (threads_free_at, late)
         assert len(server.events("queue_enqueued")) == 2
         rejected = server.wait_for_event("queue_job_rejected_full", 10, count=6)
         assert all(e["stage"] == "http" and e["maxsize"] == 4 for e in rejected)
@@ -182,10 +194,11 @@ def test_an_unreachable_redis_is_a_fast_503_and_the_api_recovers(
         # When Redis goes away
         own.stop()
         responses = [post(server.url, 5000) for _ in range(20)]
-        # Then every request is answered 503 with Retry-After, fast, and liveness is unaffected
+        # Then every request is answered 503 with Retry-After, without waiting for its 5 s deadline (the API's Redis
+        # client does not retry), and liveness is unaffected
         assert {r.status_code for r in responses} == {503}
         assert all(r.json()["error"]["code"] == "redis_unavailable" and r.headers["Retry-After"].isdigit() for r in responses)
-        assert max(r.elapsed.total_seconds() for r in responses) < 0.1
+        assert max(r.elapsed.total_seconds() for r in responses) < LATE_S
         assert requests.get(f"{server.url}/healthz", timeout=2).status_code == 200
         ready = requests.get(f"{server.url}/readyz", timeout=2)
         assert ready.status_code == 503 and ready.json()["checks"]["redis"] == "unreachable"

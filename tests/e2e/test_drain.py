@@ -7,7 +7,9 @@ test Redis, S3 and Tansu broker. Each test prints what it counted (run with -s t
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import socket
 import threading
@@ -47,6 +49,9 @@ pytestmark = pytest.mark.e2e
 
 API_DRAIN_TIMEOUT_S = 10
 WORKER_DRAIN_TIMEOUT_S = 20
+# After its drain, a process still has to be scheduled, flush its logs and tear down its interpreter: on a loaded
+# 2-core machine that can take seconds. Exits are checked against DRAIN_TIMEOUT_S plus this, a hang fails anyway.
+EXIT_SLACK_S = 10
 # billiard 4.3: a pool process handed a task as a warm shutdown begins runs it, but the main process no longer
 # reads its result; the pool process waits this long for it before it exits, and the task, never
 # acknowledged, runs again on another node (see test_worker_sigterm_while_a_task_is_handed_...).
@@ -119,8 +124,8 @@ def test_sigterm_under_load_answers_every_accepted_request(module_env: dict[str,
         # Then the probe, finished now, is answered 503 "draining" and its connection closed
         probe.sendall(b"\r\n")
         readiness = read_until_closed(probe)
-        # And the API exits 0 within DRAIN_TIMEOUT_S
-        code = server.wait_exit(API_DRAIN_TIMEOUT_S + 5)
+        # And the API exits 0 within DRAIN_TIMEOUT_S (and the time to tear the process down)
+        code = server.wait_exit(API_DRAIN_TIMEOUT_S + EXIT_SLACK_S)
         took = time.monotonic() - signalled
     finally:
         probe.close()
@@ -133,7 +138,7 @@ def test_sigterm_under_load_answers_every_accepted_request(module_env: dict[str,
     print(f"\nAPI SIGTERM under load: answers {dict(tally.statuses)}, refused after close {tally.refused}, "
           f"aborted {len(tally.aborted)}; in flight at SIGTERM {draining['in_flight']}, unfinished {stopped['unfinished']}; "
           f"/readyz while draining: {status_line} {body.decode()}; exit {code} after {took:.2f}s")
-    assert code == 0 and took <= API_DRAIN_TIMEOUT_S + 2, f"exit {code} after {took:.1f}s"
+    assert code == 0 and took <= API_DRAIN_TIMEOUT_S + EXIT_SLACK_S, f"exit {code} after {took:.1f}s"
     assert stopped["unfinished"] == 0
     assert not tally.aborted, f"requests accepted but not answered: {tally.aborted[:5]}"
     assert tally.statuses[500] == 0 and set(tally.statuses) <= {200, 503}, dict(tally.statuses)
@@ -238,13 +243,39 @@ def succeeded(app: InferenceCelery, ids: list[str] | set[str]) -> set[str]:
     return {task_id for task_id in ids if app.backend.get_task_meta(task_id)["status"] == "SUCCESS"}
 
 
-def sigterm_on_first(kind: str, node: ManagedProcess, app: InferenceCelery, events: TaskEvents) -> tuple[list[str], float]:
-    """Enqueue 6 slow tasks and send `node` SIGTERM as soon as its first `task-<kind>` event arrives; returns the
-    task ids and when the signal was sent (epoch seconds)."""
-    events.on_first(kind, node, lambda: node.signal(signal.SIGTERM))
+def pool_processes(node: ManagedProcess) -> list[int]:
+    """The pids of the worker node's pool processes (the children of its main process)."""
+    pids: list[int] = []
+    for thread in Path(f"/proc/{node.pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            pids += [int(pid) for pid in (thread / "children").read_text().split()]
+    return pids
+
+
+def signal_each(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+def sigterm_on_first(kind: str, node: ManagedProcess, app: InferenceCelery, events: TaskEvents, *,
+                     pause_pool: bool = False) -> tuple[list[str], float, list[int]]:
+    """Enqueue 6 slow tasks and send `node` SIGTERM as soon as its first `task-<kind>` event arrives; with
+    `pause_pool`, its pool processes are stopped (SIGSTOP) first, so the task that started is still running
+    when the signal lands however fast the machine is. Returns the task ids, when the signal was sent (epoch
+    seconds) and the pool processes stopped (the caller resumes them with SIGCONT)."""
+    paused: list[int] = []
+
+    def act() -> None:
+        if pause_pool:
+            paused.extend(pool_processes(node))
+            signal_each(paused, signal.SIGSTOP)
+        node.signal(signal.SIGTERM)
+
+    events.on_first(kind, node, act)
     ids = enqueue_slow(app, 6)
     wait_until(events.fired.is_set, 60, f"a task {kind} on {node.name}", [node])
-    return ids, events.fired_at
+    return ids, events.fired_at, paused
 
 
 def exits_having_finished(node: ManagedProcess, app: InferenceCelery, events: TaskEvents,
@@ -279,15 +310,20 @@ def test_worker_sigterm_finishes_running_tasks_and_leaves_the_rest_queued(
     try:
         with TaskEvents(app) as events:
             # Given a worker node working through 6 tasks of about a second each
-            # When it receives SIGTERM while they run (as soon as the first one has started)
-            ids, signalled = sigterm_on_first("started", first, app, events)
+            # When it receives SIGTERM while one runs (its pool process held stopped from the moment the task
+            # started until the warm shutdown has begun)
+            ids, signalled, paused = sigterm_on_first("started", first, app, events, pause_pool=True)
+            try:
+                first.wait_for(lambda: "Warm shutdown" in first.output(), 10, "the warm shutdown")
+            finally:
+                signal_each(paused, signal.SIGCONT)
             # Then it finishes every task it had started and exits 0 (the worker has no drain timeout of its
             # own: warm shutdown waits for the running tasks; this bounds it for tasks of about a second)
             code, started_on_first = exits_having_finished(first, app, events)
             took = time.time() - signalled
             wait_until(lambda: set(events.of("succeeded", first)) >= started_on_first, 10, "drain-a's last events")
             running = set(events.of("succeeded", first, after=signalled))
-            assert running, "no task was running at SIGTERM: make SLOW_TASK_ROWS larger"
+            assert running, "no task was running at SIGTERM"
             left = set(ids) - started_on_first
             assert left, "drain-a took every task: make the burst larger"
             # And the tasks it had not started are still queued: another node runs them, none is lost or run twice
@@ -317,7 +353,7 @@ def test_worker_sigterm_while_a_task_is_handed_to_a_pool_process_exits_and_loses
         with TaskEvents(app) as events:
             # Given a worker node with two idle pool processes
             # When it receives SIGTERM as soon as it has received its first 8 MB task, while handing it over
-            ids, signalled = sigterm_on_first("received", first, app, events)
+            ids, signalled, _ = sigterm_on_first("received", first, app, events)
             # Then it exits 0, having run to the end whatever it had started
             code, started_on_first = exits_having_finished(first, app, events,
                                                            WORKER_DRAIN_TIMEOUT_S + BILLIARD_RESULT_WAIT_S)
@@ -343,18 +379,23 @@ def test_worker_sigterm_then_sigquit_stops_at_once_and_requeues_the_running_task
     first = start_node(env, log_dir, "cold-a")
     try:
         with TaskEvents(app) as events:
-            # Given a worker node running slow tasks
-            # When it receives SIGTERM (warm shutdown) as soon as a task has started, then SIGQUIT (cold shutdown)
-            ids, _ = sigterm_on_first("started", first, app, events)
-            first.wait_for(lambda: "Warm shutdown" in first.output(), 10, "the warm shutdown")
-            quit_at = time.monotonic()
-            first.signal(signal.SIGQUIT)
-            # Then it stops at once, without finishing what it was running
-            code = first.wait_exit(WORKER_DRAIN_TIMEOUT_S)
-            took = time.monotonic() - quit_at
+            # Given a worker node running slow tasks, its pool processes held stopped from the moment the first
+            # one started (so that they are still running it, however fast the machine, when the node is told)
+            # When it receives SIGTERM (warm shutdown), then SIGQUIT (cold shutdown)
+            ids, _, paused = sigterm_on_first("started", first, app, events, pause_pool=True)
+            try:
+                first.wait_for(lambda: "Warm shutdown" in first.output(), 10, "the warm shutdown")
+                quit_at = time.monotonic()
+                first.signal(signal.SIGQUIT)
+                # Then it stops at once (it SIGKILLs its pool processes, stopped or not), without finishing what
+                # it was running
+                code = first.wait_exit(WORKER_DRAIN_TIMEOUT_S)
+                took = time.monotonic() - quit_at
+            finally:
+                signal_each(paused, signal.SIGCONT)
             started_on_first = set(events.of("started", first))
             interrupted = started_on_first - succeeded(app, started_on_first)
-            assert interrupted, "every task had finished before SIGQUIT: make SLOW_TASK_ROWS larger"
+            assert interrupted, "every task had finished before SIGQUIT"
             # And the interrupted tasks went back to the queue: another node completes them, none is lost
             done, started, by_second = run_the_rest(env, log_dir, app, events, ids, "cold-b")
     finally:
@@ -363,7 +404,9 @@ def test_worker_sigterm_then_sigquit_stops_at_once_and_requeues_the_running_task
     print(f"\nworker SIGTERM+SIGQUIT (cold): accepted {len(ids)}, interrupted {len(interrupted)}, cold-a "
           f"{len(started_on_first - interrupted)} / cold-b {len(by_second)} done; results {len(done)}, lost "
           f"{len(ids) - len(done)}, started twice {len(twice)}; exit {code} {took:.2f}s after SIGQUIT")
-    assert took <= 15, f"cold shutdown took {took:.1f}s"  # terminating the pool and restoring 8 MB messages, under load
+    # Terminating the pool and restoring 8 MB messages, on a loaded machine; a warm shutdown would wait for the
+    # stopped pool processes for ever
+    assert took <= WORKER_DRAIN_TIMEOUT_S, f"cold shutdown took {took:.1f}s"
     assert interrupted <= by_second and interrupted <= set(twice)
     assert done == set(ids)
 
@@ -412,7 +455,7 @@ def test_bridge_sigterm_with_claims_in_flight_finishes_them_commits_and_exits_0(
     worker = start_node(lane, log_dir, "bridge-worker")
     try:
         # Then the bridge waits for the claims in flight, commits them and exits 0 within DRAIN_TIMEOUT_S
-        code = first.wait_exit(drain_timeout_s + 5)
+        code = first.wait_exit(drain_timeout_s + EXIT_SLACK_S)
         took = time.monotonic() - signalled
         assert code == 0, first.output()[-3000:]
         stopped = first.events("bridge_stopped")[-1]
@@ -430,7 +473,7 @@ def test_bridge_sigterm_with_claims_in_flight_finishes_them_commits_and_exits_0(
           f"after bridge-b: lost {lost}, computed twice {len(twice)}, redelivered and skipped {skipped}; "
           f"exit {code} after {took:.2f}s")
     assert draining["in_flight"] == BRIDGE_MAXSIZE and stopped["unfinished"] == 0
-    assert took <= drain_timeout_s + 2
+    assert took <= drain_timeout_s + EXIT_SLACK_S
     assert not behind, f"committed past claims without a result: {behind[:10]}"
     assert sum(marks.values()) == len(done_at_exit) == BRIDGE_MAXSIZE, "commits should cover exactly what finished"
     assert lost == 0 and not twice
@@ -463,7 +506,7 @@ def test_bridge_sigterm_when_the_drain_times_out_commits_nothing_unfinished_and_
     signalled = time.monotonic()
     first.signal(signal.SIGTERM)
     # Then it gives up after DRAIN_TIMEOUT_S, exits 0 and has committed none of the unfinished claims
-    code = first.wait_exit(drain_timeout_s + 5)
+    code = first.wait_exit(drain_timeout_s + EXIT_SLACK_S)
     took = time.monotonic() - signalled
     assert code == 0, first.output()[-3000:]
     draining, stopped = first.events("bridge_draining")[-1], first.events("bridge_stopped")[-1]
@@ -481,6 +524,6 @@ def test_bridge_sigterm_when_the_drain_times_out_commits_nothing_unfinished_and_
           f"unfinished claim {len(behind)}; after bridge-b: lost {lost}, computed twice {len(twice)}, redelivered and "
           f"skipped {skipped} (bound {BRIDGE_MAXSIZE}); exit {code} after {took:.2f}s")
     assert draining["in_flight"] == BRIDGE_MAXSIZE and stopped["unfinished"] == BRIDGE_MAXSIZE
-    assert drain_timeout_s <= took <= drain_timeout_s + 2
+    assert drain_timeout_s <= took <= drain_timeout_s + EXIT_SLACK_S
     assert not behind and sum(marks.values()) == 0
     assert lost == 0 and len(twice) <= BRIDGE_MAXSIZE

@@ -1,6 +1,7 @@
 """Admission against a real Redis: the queue length counts every priority key, a full queue sheds with a
 computed Retry-After, and an unreachable Redis answers 503 fast instead of hanging."""
 
+import socket
 import time
 
 import pytest
@@ -11,6 +12,9 @@ from settings import Settings
 from tasks.queues import PRIORITY_SEP, QueueProbe, completed_key
 from webapp.errors import ApiError
 from webapp.gateway import Gateway
+
+# Scheduling delay a loaded 2-core machine may add to a bounded wait.
+LOAD_MARGIN_S = 1.5
 
 
 def test_queue_length_sums_the_priority_sub_queues(redis_client: redis.Redis) -> None:
@@ -50,11 +54,22 @@ def test_the_bound_is_off_when_use_bounded_queue_is_false(base_settings: Setting
     assert gateway.admit().depth == 3
 
 
-def test_unreachable_redis_is_a_fast_503(base_settings: Settings) -> None:
-    gateway = Gateway(base_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"}))
-    started = time.perf_counter()
-    with pytest.raises(ApiError) as raised:
-        gateway.admit()
-    assert time.perf_counter() - started < 0.1
+@pytest.mark.parametrize("redis_at", ["nothing listening", "a listener that never answers"])
+def test_unreachable_redis_is_a_503_without_retrying_or_hanging(base_settings: Settings, redis_at: str) -> None:
+    # Given Redis unreachable: a port that refuses connections, or one that accepts them and never answers
+    # (the case a timeout must bound)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = free_port() if redis_at == "nothing listening" else silent.getsockname()[1]
+        gateway = Gateway(base_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"}))
+        # When admission is asked
+        started = time.monotonic()
+        with pytest.raises(ApiError) as raised:
+            gateway.admit()
+        took = time.monotonic() - started
+    # Then it is a 503 with an integer Retry-After, within the gateway's own Redis timeouts (50 ms to connect,
+    # 500 ms to read, no retry) and a margin for a loaded machine, not after retries or a hang
     assert (raised.value.status, raised.value.code) == (503, "redis_unavailable")
     assert raised.value.headers["Retry-After"].isdigit()
+    assert took < 0.5 + LOAD_MARGIN_S, f"took {took:.2f}s"

@@ -65,7 +65,8 @@ def test_a_lone_request_is_sent_at_once_when_the_pipeline_is_idle(workers: Worke
     started = time.monotonic()
     future = subject.submit([1.0], later(), "a")
     workers.wait_batches(1)
-    assert time.monotonic() - started < 0.5
+    # Sent without waiting for its 10 s batch timeout (half of it is a margin any loaded machine keeps)
+    assert time.monotonic() - started < 5.0
     workers.complete(0)
     assert future.result(timeout=1) == (0.0, "v1")
     subject.stop()
@@ -94,7 +95,9 @@ def test_a_partial_batch_goes_after_the_timeout(workers: Workers) -> None:
     started = time.monotonic()
     subject.submit([2.0], later(), "second")
     workers.wait_batches(2)
-    assert 0.02 <= time.monotonic() - started < 0.5
+    # Held for its 30 ms timeout (less the timer's granularity), then sent without waiting for a full batch of
+    # 100 that never comes; the upper bound is a margin for a loaded machine, not a speed goal
+    assert 0.02 <= time.monotonic() - started < 5.0
     subject.stop()
 
 

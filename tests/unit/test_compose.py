@@ -214,6 +214,14 @@ def test_the_dockerfile_installs_the_runtime_requirements_and_runs_as_non_root()
         assert package in copied or "." in copied, f"the image lacks {package}/, which {name} runs"
 
 
+def test_the_image_carries_flowers_configuration_file() -> None:
+    # Given compose/Dockerfile, Then flowerconfig.py is copied into the working directory, where Flower reads it
+    # (it puts /metrics behind FLOWER_BASIC_AUTH), and .dockerignore does not leave it out.
+    lines = [line.strip() for line in DOCKERFILE.read_text().splitlines()]
+    assert any(re.match(r"COPY\s+flowerconfig\.py\s+(\./|/app/)", line) for line in lines)
+    assert "flowerconfig.py" not in (ROOT / ".dockerignore").read_text()
+
+
 def test_the_dockerignore_keeps_the_virtualenv_and_local_secrets_out_of_the_build_context() -> None:
     # Given .dockerignore at the build context (the repository root), Then .venv, .git and compose/.env are excluded.
     ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}

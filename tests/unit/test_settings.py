@@ -26,7 +26,8 @@ def test_booleans_accept_the_contract_spellings(monkeypatch: pytest.MonkeyPatch,
 @pytest.mark.parametrize("name, value", [
     ("QUEUE_MAXSIZE", "many"), ("QUEUE_MAXSIZE", "0"), ("ENABLE_TTL", "maybe"), ("CACHE_MODE", "sometimes"),
     ("REDIS_URL", "http://localhost"), ("S3_ENDPOINT", "http://minio:9000"), ("PORT", "70000"),
-    ("LOG_FORMAT", "xml"), ("FLOWER_BASIC_AUTH", "nocolon"),
+    ("LOG_FORMAT", "xml"), ("FLOWER_BASIC_AUTH", "nocolon"), ("FLOWER_BASIC_AUTH", "admin:pass,word"),
+    ("FLOWER_BASIC_AUTH", ":password"), ("FLOWER_BASIC_AUTH", "admin:"),
 ])
 def test_an_invalid_value_exits_with_one_line_naming_the_variable(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], name: str, value: str

@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Any
 
 from webapp.claims import MAX_COUNT, MAX_TEXT_CHARS, MAX_TTL_MS
-from webapp.downloads import MAX_KEY_CHARS
+from webapp.downloads import MAX_KEY_BYTES
 from webapp.parsing import DEADLINE_HEADER, TIMEOUT_HEADER
 
 # The largest finite double: JSON has no NaN or Infinity, and a number beyond this overflows to infinity.
@@ -129,13 +129,15 @@ def _download() -> dict[str, Any]:
         "Stream an object from BUCKET_PROCESSED, whole (200) or one byte range (206)",
         parameters=[
             {"name": "object_key", "in": "path", "required": True,
-             "description": "The object's key, slashes included: relative, no `.` or `..` segment, no backslash, no "
-                            "control character",
+             "description": "The object's key, slashes included: at most 1,024 bytes of UTF-8; relative, no `.` or `..` "
+                            "segment (nor one after percent-decoding or Unicode NFKC normalisation), no backslash or "
+                            "slash look-alike, no control or format character. The pattern gives the portable subset "
+                            "(printable ASCII without `%` and `\\`); keys with letters of other scripts are served too.",
              # A first segment, then any more after slashes; no segment is `.` or `..` (a segment holds a
              # character other than a dot, or three dots or more).
-             "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS,
-                        "pattern": r"^(\.*[^\x00-\x1f\x7f\\/.][^\x00-\x1f\x7f\\/]*|\.{3,})"
-                                   r"(/(\.*[^\x00-\x1f\x7f\\/.][^\x00-\x1f\x7f\\/]*|\.{3,})?)*$"},
+             "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_BYTES,
+                        "pattern": r"^(\.*[\x20-\x24\x26-\x2d\x30-\x5b\x5d-\x7e][\x20-\x24\x26-\x2e\x30-\x5b\x5d-\x7e]*|\.{3,})"
+                                   r"(/(\.*[\x20-\x24\x26-\x2d\x30-\x5b\x5d-\x7e][\x20-\x24\x26-\x2e\x30-\x5b\x5d-\x7e]*|\.{3,})?)*$"},
              "example": "demo/features.parquet"},
             {"name": "Range", "in": "header", "required": False,
              "description": "One byte range (`bytes=0-99`, `bytes=100-`, `bytes=-100`); several ranges, or one beyond the "

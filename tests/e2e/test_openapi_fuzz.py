@@ -11,6 +11,7 @@ lists are widened for that answer only, and a check of ours makes sure each such
 - 504 `deadline_exceeded` (not a server error here) when the request's own deadline header left no time
   (`deadline_504s_are_earned`);
 - 422 `non_finite_prediction` for valid rows whose prediction overflows (`unscorable_422s_are_earned`);
+- 416 for a Range the object cannot satisfy: several ranges, or one past its end (`range_416s_are_earned`);
 - 503 from /readyz, which is how readiness says "not ready" (its body must still match the schema);
 - 413 counts as a refusal of invalid data (more than MAX_INSTANCES instances).
 Examples per operation: `scaled(short, long)`."""
@@ -114,6 +115,10 @@ def _config() -> SchemathesisConfig:
             {"include-name": "POST /predict",
              "checks": {"positive_data_acceptance": {"expected-statuses": [
                  "2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]}}},
+            # The defaults, plus 416: a Range the object cannot satisfy (see `range_416s_are_earned`).
+            {"include-name": "GET /download_processed/{object_key}",
+             "checks": {"positive_data_acceptance": {"expected-statuses": [
+                 "2xx", "3xx", "401", "403", "404", "409", "416", "429", "5xx"]}}},
         ],
         "request-timeout": 30,
     })
@@ -166,10 +171,26 @@ def unscorable_422s_are_earned(ctx: Any, response: Any, case: Any) -> bool | Non
     return None
 
 
+@schemathesis.check
+def range_416s_are_earned(ctx: Any, response: Any, case: Any) -> bool | None:
+    """A 416 must answer several ranges, or one that starts at or past the object's end (its size is in the
+    answer's `Content-Range: bytes */<size>`), or an empty suffix."""
+    if response.status_code != 416:
+        return None
+    size = int(response.headers["Content-Range"].rsplit("/", 1)[1])
+    ranges = response.request.headers.get("Range", "").removeprefix("bytes=").split(",")
+    if len(ranges) > 1:
+        return None
+    first, _, last = ranges[0].strip().partition("-")
+    assert (first.isdigit() and int(first) >= size) or (not first and last.isdigit() and int(last) == 0), \
+        f"416 for {response.request.headers.get('Range')!r} on an object of {size} bytes"
+    return None
+
+
 C = schemathesis.checks
 CHECKS = [C.not_a_server_error, C.status_code_conformance, C.content_type_conformance, C.response_schema_conformance,
           C.response_headers_conformance, C.positive_data_acceptance, C.negative_data_rejection, C.unsupported_method,
-          C.allow_header_conformance, deadline_504s_are_earned, unscorable_422s_are_earned]
+          C.allow_header_conformance, deadline_504s_are_earned, unscorable_422s_are_earned, range_416s_are_earned]
 
 schema = schemathesis.pytest.from_fixture("api_schema")
 EXAMPLES = scaled(50, 1_000)

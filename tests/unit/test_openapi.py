@@ -3,6 +3,7 @@ with the limits and headers the API applies."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -30,7 +31,7 @@ def test_every_route_the_app_serves_is_documented_and_nothing_else() -> None:
     # Given the app (no service is contacted: nothing is started)
     app = create_app(Settings(redis_url="redis://127.0.0.1:1/0", s3_endpoint="127.0.0.1:1"), start=False)
     # When its routes are read as OpenAPI paths and methods
-    served = {(rule.rule.replace("<path:", "{").replace(">", "}"), method.lower())
+    served = {(re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), method.lower())
               for rule in app.url_map.iter_rules() for method in (rule.methods or set()) - IMPLICIT}
     # Then they are exactly the document's operations
     documented = {(path, method) for path, item in document()["paths"].items() for method in item}

@@ -9,18 +9,12 @@ escaping from here would stop the poll loop on one record.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from bridge.errors import ClaimRejected
+from tasks.names import MAX_OBJECT_KEY_BYTES, bucket_problem, object_key_problem
 
 MAX_TEXT_CHARS = 200  # names, versions and ids: enough for any real one, short enough to log whole
-MAX_OBJECT_KEY_BYTES = 1024  # S3's limit
-# S3's bucket naming rules (3-63 lowercase letters, digits, dots and hyphens, not an IP address). The worker's
-# object store client raises on a name it refuses before any request, outside the claim's own error
-# handling: one such claim would fail its whole batch, valid claims with it.
-_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_IPV4 = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){3}")
 
 
 def json_object(value: object) -> dict[str, Any]:
@@ -70,23 +64,12 @@ def optional_text(data: dict[str, Any], name: str) -> str | None:
 
 
 def object_key(data: dict[str, Any], name: str = "object_key") -> str:
-    """An object key of at most 1,024 UTF-8 bytes, without control characters or '.'/'..' segments (which
-    the object store client refuses)."""
+    """Field `name` as an object key the object store client takes (tasks/names.py)."""
     key = text(data, name, max_chars=MAX_OBJECT_KEY_BYTES)
-    if not key.strip() or len(key.encode("utf-8")) > MAX_OBJECT_KEY_BYTES:
-        raise ClaimRejected("invalid_claim", f"{name} must be a non-blank key of at most {MAX_OBJECT_KEY_BYTES} bytes")
-    if any(part in {".", ".."} for part in key.split("/")):
-        raise ClaimRejected("invalid_claim", f"{name} must not have '.' or '..' segments")
+    problem = object_key_problem(key)
+    if problem is not None:
+        raise ClaimRejected("invalid_claim", f"{name}: {problem}")
     return key
-
-
-def bucket_problem(bucket: str) -> str | None:
-    """Why `bucket` cannot name an S3 bucket, or None when it can."""
-    if not _BUCKET.fullmatch(bucket) or _IPV4.fullmatch(bucket):
-        return "a bucket name is 3-63 lowercase letters, digits, dots and hyphens, not an IP address"
-    if any(pair in bucket for pair in ("..", ".-", "-.")):
-        return "a bucket name has no '..', '.-' or '-.'"
-    return None
 
 
 def bucket(data: dict[str, Any], name: str = "bucket") -> str:

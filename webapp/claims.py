@@ -14,6 +14,7 @@ import json
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from kafka.errors import KafkaError
 
 from settings import Settings
 from tasks.logs import log_event, now_ms
+from tasks.names import MAX_OBJECT_KEY_BYTES, bucket_problem, object_key_problem
 from webapp.errors import ApiError
 from webapp.parsing import decode_json
 
@@ -31,10 +33,10 @@ log = logging.getLogger(__name__)
 claims = Blueprint("claims", __name__)
 
 # Limits of one request (README, /openapi.json): claims published per call, their TTL, and the length of
-# the bucket and object key named in each.
+# the object key named in each, in characters: 256 of them are at most 1,024 bytes of UTF-8 (S3's limit).
 MAX_COUNT = 100_000
 MAX_TTL_MS = 7 * 24 * 3600 * 1000
-MAX_TEXT_CHARS = 1024
+MAX_KEY_CHARS = MAX_OBJECT_KEY_BYTES // 4
 PUBLISH_TIMEOUT_S = 30.0
 
 
@@ -123,8 +125,9 @@ _FIELDS = frozenset({"count", "ttl_ms", "bucket", "object_key"})
 
 def parse_claims(raw: bytes, default_bucket: str) -> ClaimsRequest:
     """The body of a publish request, or ApiError 400: `count` from 1 to MAX_COUNT, `ttl_ms` (optional,
-    null meaning none) from 1 to MAX_TTL_MS, `bucket` (default `default_bucket`) and `object_key` non-empty
-    strings of at most MAX_TEXT_CHARS characters, no other field. Pure: the bytes in, a value or ApiError out."""
+    null meaning none) from 1 to MAX_TTL_MS, `bucket` (default `default_bucket`) an S3 bucket name and
+    `object_key` an object key of at most MAX_KEY_CHARS characters (tasks/names.py: the claims the bridge
+    would refuse are refused here), no other field. Pure: the bytes in, a value or ApiError out."""
     body = decode_json(raw)
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_request", "The body must be a JSON object.")
@@ -133,7 +136,11 @@ def parse_claims(raw: bytes, default_bucket: str) -> ClaimsRequest:
         raise ApiError(400, "invalid_request", f"Unknown keys: {', '.join(unknown)[:200]}.")
     count = _integer(body, "count", 1, MAX_COUNT)
     ttl_ms = None if body.get("ttl_ms") is None else _integer(body, "ttl_ms", 1, MAX_TTL_MS)
-    return ClaimsRequest(count, _text(body, "bucket", default_bucket), _text(body, "object_key", None), ttl_ms)
+    bucket = _name(body, "bucket", default_bucket, bucket_problem)
+    object_key = _name(body, "object_key", None, object_key_problem)
+    if len(object_key) > MAX_KEY_CHARS:
+        raise ApiError(400, "invalid_request", f"object_key: at most {MAX_KEY_CHARS} characters.")
+    return ClaimsRequest(count, bucket, object_key, ttl_ms)
 
 
 def _integer(body: dict[str, Any], name: str, low: int, high: int) -> int:
@@ -146,10 +153,13 @@ def _integer(body: dict[str, Any], name: str, low: int, high: int) -> int:
     return value
 
 
-def _text(body: dict[str, Any], name: str, default: str | None) -> str:
+def _name(body: dict[str, Any], name: str, default: str | None, problem_of: Callable[[str], str | None]) -> str:
     value = body.get(name, default)
-    if not isinstance(value, str) or not value or len(value) > MAX_TEXT_CHARS:
-        raise ApiError(400, "invalid_request", f"{name} must be a non-empty string of at most {MAX_TEXT_CHARS} characters.")
+    if not isinstance(value, str):
+        raise ApiError(400, "invalid_request", f"{name} must be a string.")
+    problem = problem_of(value)
+    if problem is not None:
+        raise ApiError(400, "invalid_request", f"{name}: {problem}.")
     return value
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from webapp.claims import MAX_COUNT, MAX_TEXT_CHARS, MAX_TTL_MS
+from tasks.names import BUCKET_PATTERN, OBJECT_KEY_PATTERN
+from webapp.claims import MAX_COUNT, MAX_KEY_CHARS, MAX_TTL_MS
 from webapp.downloads import MAX_KEY_BYTES
 from webapp.parsing import DEADLINE_HEADER, TIMEOUT_HEADER
 
@@ -195,7 +196,11 @@ def _schemas() -> dict[str, Any]:
     def strict(required: list[str], **properties: Any) -> dict[str, Any]:
         return {"type": "object", "required": required, "properties": properties, "additionalProperties": False}
 
-    text = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT_CHARS}
+    bucket = {"type": "string", "minLength": 3, "maxLength": 63, "pattern": BUCKET_PATTERN,
+              "description": "An S3 bucket name (default BUCKET_PROCESSED)"}
+    object_key = {"type": "string", "minLength": 1, "maxLength": MAX_KEY_CHARS, "pattern": OBJECT_KEY_PATTERN,
+                  "description": "The Parquet object each claim names: not blank, no control characters, no `.` or `..` "
+                                 "segment"}
     return {
         "Error": strict(["error"], error=strict(
             ["code", "message"], code={"type": "string", "pattern": "^[a-z0-9]+(_[a-z0-9]+)*$"},
@@ -216,8 +221,7 @@ def _schemas() -> dict[str, Any]:
         "ClaimsRequest": strict(["count", "object_key"],
                                 count={"type": "integer", "minimum": 1, "maximum": MAX_COUNT},
                                 ttl_ms={"type": ["integer", "null"], "minimum": 1, "maximum": MAX_TTL_MS},
-                                bucket={**text, "description": "default BUCKET_PROCESSED"},
-                                object_key=text),
+                                bucket=bucket, object_key=object_key),
         "Published": strict(["published", "topic"], published={"type": "integer", "minimum": 1}, topic={"type": "string"}),
         "OpenApi": {"type": "object", "required": ["openapi", "info", "paths"]},
     }

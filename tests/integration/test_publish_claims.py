@@ -82,7 +82,7 @@ def test_publishes_claims_with_a_deadline_header(kafka_settings: Settings) -> No
 
 def test_without_ttl_there_is_no_deadline_header(kafka_settings: Settings) -> None:
     client = app_for(kafka_settings, enable_test_endpoints=True)
-    response = client.post("/publish_inference_claims", json={"count": 2, "bucket": "b", "object_key": "k"})
+    response = client.post("/publish_inference_claims", json={"count": 2, "bucket": "other-bucket", "object_key": "k"})
     assert response.status_code == 202
     records = read_topic(kafka_settings, 2)
     assert [dict(r.headers).get("deadline_ms") for r in records] == [None, None]

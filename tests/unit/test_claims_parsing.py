@@ -2,7 +2,7 @@
 
 import pytest
 
-from webapp.claims import MAX_COUNT, MAX_TEXT_CHARS, MAX_TTL_MS, ClaimsRequest, parse_claims
+from webapp.claims import MAX_COUNT, MAX_KEY_CHARS, MAX_TTL_MS, ClaimsRequest, parse_claims
 from webapp.errors import ApiError
 
 BUCKET = "processed-data"
@@ -58,8 +58,14 @@ def test_a_count_over_the_limit_is_400() -> None:
     (b'{"count": "1", "object_key": "k"}', "invalid_request"),
     (b'{"count": 1}', "invalid_request"),
     (b'{"count": 1, "object_key": ""}', "invalid_request"),
-    (b'{"count": 1, "object_key": "%s"}' % (b"k" * (MAX_TEXT_CHARS + 1)), "invalid_request"),
+    (b'{"count": 1, "object_key": "%s"}' % (b"k" * (MAX_KEY_CHARS + 1)), "invalid_request"),
     (b'{"count": 1, "object_key": "k", "bucket": null}', "invalid_request"),
+    (b'{"count": 1, "object_key": "k", "bucket": "Not_A_Bucket"}', "invalid_request"),
+    (b'{"count": 1, "object_key": "k", "bucket": "10.0.0.1"}', "invalid_request"),
+    (b'{"count": 1, "object_key": "k", "bucket": "ab"}', "invalid_request"),
+    (b'{"count": 1, "object_key": "a/../b"}', "invalid_request"),
+    (b'{"count": 1, "object_key": "a\\u0000b"}', "invalid_request"),
+    (b'{"count": 1, "object_key": "   "}', "invalid_request"),
     (b'{"count": 1, "object_key": "k", "ttl_ms": 0}', "invalid_request"),
     (b'{"count": 1, "object_key": "k", "ttl_ms": %d}' % (MAX_TTL_MS + 1), "invalid_request"),
     (b'{"count": 1, "object_key": "k", "ttl_ms": "5"}', "invalid_request"),

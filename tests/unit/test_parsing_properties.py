@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from webapp.claims import MAX_COUNT, MAX_TEXT_CHARS, MAX_TTL_MS, ClaimsRequest, parse_claims
+from webapp.claims import MAX_COUNT, MAX_KEY_CHARS, MAX_TTL_MS, ClaimsRequest, parse_claims
 from webapp.errors import ApiError
 from webapp.parsing import DEADLINE_HEADER, TIMEOUT_HEADER, PredictRequest, backlog_deadline, parse_deadline, parse_json, parse_predict
 
@@ -175,4 +175,4 @@ def test_parse_claims_is_total(raw: bytes, default_bucket: str) -> None:
     else:
         assert isinstance(outcome, ClaimsRequest) and 1 <= outcome.count <= MAX_COUNT
         assert outcome.ttl_ms is None or 1 <= outcome.ttl_ms <= MAX_TTL_MS
-        assert 0 < len(outcome.object_key) <= MAX_TEXT_CHARS and isinstance(outcome.bucket, str)
+        assert 0 < len(outcome.object_key) <= MAX_KEY_CHARS and isinstance(outcome.bucket, str)

@@ -1,5 +1,8 @@
 """`python devtools/s3server.py [-H HOST] [-p PORT]`: moto's S3 as a local S3-compatible server, S3 alone.
 
+The fallback where SeaweedFS does not install (its wheel is x86_64 Linux only), or with LOCAL_S3=moto
+(devtools/services.py chooses). A mock: it accepts any signature.
+
 `moto_server` serves every AWS service moto mocks, and works out which one each request is for: it lists
 moto's packages on disk and matches the Host header against every service's URL patterns, per request,
 under one process-wide lock. Profiled with py-spy under a burst of claims (one result object written per

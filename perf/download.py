@@ -355,7 +355,7 @@ def summary(info: dict[str, Any], args: argparse.Namespace, source: Source, uplo
             ["object", f"{source.size:,} bytes ({args.size_mib} MiB + {TAIL_BYTES:,}), seed {source.seed}, "
                        f"sha256 `{source_sha[:16]}...`"],
             ["upload", f"MinIO client, multipart (16 MiB parts) to BUCKET_PROCESSED on the stack's S3 server "
-                       f"(moto), {upload_s:.1f} s"],
+                       f"({info['s3_server']}), {upload_s:.1f} s"],
             ["API", f"defaults (HTTP_THREADS 16, the view's {CHUNK_BYTES // 1024} KiB chunks); no worker"],
             ["RSS", "VmRSS of the API process from /proc/<pid>/status every 50 ms; idle = median over "
                     f"{args.idle_s:g} s before the download"],
@@ -441,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"download: results in {out}", flush=True)
     source = Source(args.size_mib * MIB + TAIL_BYTES, args.seed)
     with Stack(raw / "logs", worker_processes=0) as stack:
+        info["s3_server"] = stack.services[1].server
         bucket = stack.env.get("BUCKET_PROCESSED", "processed-data")
         print(f"download: uploading {source.size:,} bytes to {bucket}/{KEY}", flush=True)
         source_sha, upload_s = upload(stack.env, bucket, source)

@@ -1,8 +1,8 @@
 """`python -m perf.kafka_burst [--claims 10000] [--maxsize 40,512]`: a burst of claims through the Kafka bridge.
 
-Starts its own Redis, S3 (moto) and Kafka-protocol broker (Tansu), a Celery worker, the bridge and the API,
-publishes N claims at once (every `--ttl-every`-th with a `deadline_ms` header 1 ms after publishing, the
-TTL subset, which the bridge must skip), and measures:
+Starts its own Redis, S3 server (SeaweedFS, or moto's mock with LOCAL_S3=moto) and Kafka-protocol broker
+(Tansu), a Celery worker, the bridge and the API, publishes N claims at once (every `--ttl-every`-th with a
+`deadline_ms` header 1 ms after publishing, the TTL subset, which the bridge must skip), and measures:
 
 - the bridge's in-flight count, sampled every 50 ms from its /metrics, against QUEUE_MAXSIZE;
 - pause/resume transitions (consumer_paused / consumer_resumed log events);
@@ -260,6 +260,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         redis_service, s3_service, kafka_service = start_redis(workdir=workdir), start_s3(workdir=workdir), \
             start_kafka(workdir=workdir)
         services += [redis_service, s3_service, kafka_service]
+        print(f"S3 server: {s3_service.server}", flush=True)
         settings = Settings.model_validate({"redis_url": f"redis://{redis_service.address}/0",
                                              "s3_endpoint": s3_service.address})
         publish_demo(settings)
@@ -358,6 +359,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         busy_predict = probe.latencies if probe is not None else []
         return {
             "claims": args.claims, "maxsize": args.maxsize, "workers": args.workers, "partitions": PARTITIONS,
+            "s3_server": s3_service.server,
             "label": args.label, "lanes": args.lanes, "bulk_nice": (args.bulk_priority if args.bulk_priority != "nice" else f"nice {args.bulk_nice}")
             if args.lanes == "split" else "normal",
             "bulk_cpus": cpu_names or "any",
@@ -429,6 +431,11 @@ def write(out: Path, result: dict[str, Any]) -> None:
     write_summary(out)
 
 
+def s3_servers(runs: list[dict[str, Any]]) -> str:
+    """The S3 servers the runs used (runs recorded before it was noted used moto)."""
+    return ", ".join(dict.fromkeys(run.get("s3_server", "moto") for run in runs))
+
+
 def write_summary(out: Path) -> None:
     """summary.md from every run-maxsize<N>.json (and its samples CSV) in `out`."""
     runs = [json.loads(path.read_text()) for path in sorted(out.glob("run-maxsize*.json"))]
@@ -439,7 +446,7 @@ def write_summary(out: Path) -> None:
     lines = [
         f"# Kafka burst through the bridge ({socket.gethostname()}, {dt.date.today().isoformat()})",
         "",
-        f"{os.cpu_count()} CPUs. Each run: its own Redis, S3 (moto), Tansu broker, the Celery workers (split "
+        f"{os.cpu_count()} CPUs. Each run: its own Redis, S3 server ({s3_servers(runs)}), Tansu broker, the Celery workers (split "
         "lanes: an interactive node, and a bulk node of QUEUE_WORKERS processes which, with the bridge and the "
         "S3 stand-in and Kafka broker that only the bulk lane uses, runs at the bulk lane's CPU priority and on "
         "its cores), the bridge and the API; N claims published at once on a 4-partition topic, "

@@ -2,6 +2,13 @@
 
 Works against MinIO, AWS S3 or any S3-compatible server. Every call either returns or raises
 `ObjectMissing` / `StorageUnavailable`; MinIO's and urllib3's exceptions never leave this module.
+
+A read of a name that no object of ours can have on MinIO is `ObjectMissing` before any request: a bucket
+name S3 does not allow, a key with an empty segment (`a//b`), a leading or a trailing slash, or a `.`/`..`
+segment. Such names come from callers (claims, download paths), and servers disagree on them: MinIO refuses
+`a//b` and `/a` (400, which would read as "storage unavailable") and has no `dir/` unless one was written;
+SeaweedFS, a file system underneath, reads `a//b` as `a/b` and any folder `dir/` as an empty object; moto
+keeps `a//b` and `/a` as objects of their own; the MinIO client itself raises ValueError for the rest.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from typing import Any
 import urllib3
 from minio import Minio
 from minio.error import MinioException, S3Error
+from minio.helpers import check_bucket_name
 
 from settings import Settings
 from tasks.errors import ObjectMissing, StorageUnavailable
@@ -32,6 +40,16 @@ def _translated(what: str) -> Iterator[None]:
         raise StorageUnavailable(f"{what}: {error.code}") from None
     except (MinioException, urllib3.exceptions.HTTPError, OSError) as error:
         raise StorageUnavailable(f"{what}: {type(error).__name__}") from None
+
+
+def _check_readable(bucket: str, key: str) -> None:
+    """ObjectMissing for a name no object can have on MinIO (see the module's docstring)."""
+    try:
+        check_bucket_name(bucket)
+    except ValueError:
+        raise ObjectMissing(f"{bucket}/{key}: not a valid bucket name") from None
+    if not key or key.startswith("/") or key.endswith("/") or any(part in {"", ".", ".."} for part in key.split("/")):
+        raise ObjectMissing(f"{bucket}/{key}: not a valid object name")
 
 
 class ObjectStore:
@@ -64,6 +82,7 @@ class ObjectStore:
                         raise
 
     def get_bytes(self, bucket: str, key: str) -> bytes:
+        _check_readable(bucket, key)
         with _translated(f"{bucket}/{key}"):
             response = self.client.get_object(bucket, key)
             try:
@@ -79,6 +98,7 @@ class ObjectStore:
     def stream(self, bucket: str, key: str, offset: int, length: int, chunk_bytes: int) -> Iterator[bytes]:
         """The object's bytes [offset, offset + length) in chunks; the connection is opened before this
         returns (errors surface here) and released when the iterator is exhausted or closed."""
+        _check_readable(bucket, key)
         with _translated(f"{bucket}/{key}"):
             response = self.client.get_object(bucket, key, offset=offset, length=length)
 
@@ -94,13 +114,13 @@ class ObjectStore:
 
     def exists(self, bucket: str, key: str) -> bool:
         try:
-            with _translated(f"{bucket}/{key}"):
-                self.client.stat_object(bucket, key)
+            self.stat(bucket, key)
         except ObjectMissing:
             return False
         return True
 
     def stat(self, bucket: str, key: str) -> Any:
+        _check_readable(bucket, key)
         with _translated(f"{bucket}/{key}"):
             return self.client.stat_object(bucket, key)
 

@@ -1,9 +1,13 @@
 """Shared fixtures: real Redis, S3 and Kafka-protocol servers on free loopback ports, started once per
-session; a fresh Redis database per test. A server that cannot start fails the tests, never skips them."""
+session; a fresh Redis database per test. A server that cannot start fails the tests, never skips them.
+
+The S3 server is SeaweedFS, or moto's mock where SeaweedFS does not install or LOCAL_S3=moto says so; the
+session's header names it."""
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +16,7 @@ import redis
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
-from devtools.services import Service, free_port, start_kafka, start_redis, start_s3
+from devtools.services import Service, free_port, local_s3, start_kafka, start_redis, start_s3
 from settings import Settings
 from tests.fuzzing import EXAMPLES, PROFILE
 
@@ -25,6 +29,19 @@ hypothesis_settings.load_profile(PROFILE)
 
 #: Variables the suite controls; anything else from the caller's environment is dropped for children.
 _OURS = {"REDIS_URL", "S3_ENDPOINT", "KAFKA_BOOTSTRAP_SERVERS", "PORT", "HOST", "LOG_FORMAT"}
+
+
+#: What the session's servers were, for the last lines of the report (shown with -q too).
+_started: list[str] = []
+
+
+def pytest_report_header() -> str:
+    return f"local S3 server: {local_s3().label}"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for line in _started:
+        terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +58,9 @@ def redis_service(services_dir: Path) -> Iterator[Service]:
 
 @pytest.fixture(scope="session")
 def s3_service(services_dir: Path) -> Iterator[Service]:
+    started = time.monotonic()
     service = start_s3(workdir=services_dir)
+    _started.append(f"local S3 server: {service.server} on {service.address}, ready in {time.monotonic() - started:.1f} s")
     yield service
     service.stop()
 

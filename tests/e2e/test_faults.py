@@ -435,7 +435,8 @@ def test_kafka_broker_restart_loses_nothing_and_commits_nothing_early(
         owned: list[Any]) -> None:
     started = time.monotonic()
     module_redis.flushdb()
-    # Given a broker that keeps its data in a bucket (Tansu's S3 storage on a moto server of its own)
+    # Given a broker that keeps its data in a bucket (Tansu's S3 storage engine, which writes with conditional
+    # PUTs, on an S3 server of its own)
     (log_dir / "storage").mkdir()
     storage = start_s3(workdir=log_dir / "storage")
     owned.append(storage)

@@ -28,6 +28,8 @@ from settings import Settings
 from tasks.errors import ObjectMissing, StorageUnavailable
 
 _MISSING = {"NoSuchKey", "NoSuchBucket", "NoSuchObject"}
+# Names the server refuses as names: no object has them, and asking again will not change that.
+_UNNAMEABLE = {"KeyTooLongError", "InvalidObjectName", "InvalidBucketName"}
 
 
 @contextmanager
@@ -35,7 +37,7 @@ def _translated(what: str) -> Iterator[None]:
     try:
         yield
     except S3Error as error:
-        if error.code in _MISSING:
+        if error.code in _MISSING or error.code in _UNNAMEABLE:
             raise ObjectMissing(f"{what}: {error.code}") from None
         raise StorageUnavailable(f"{what}: {error.code}") from None
     except (MinioException, urllib3.exceptions.HTTPError, OSError) as error:

@@ -164,6 +164,15 @@ def test_a_key_no_object_can_have_on_minio_is_missing_on_every_server(store: Obj
     assert not store.exists(bucket, key)
 
 
+def test_a_key_over_1024_bytes_is_missing_never_unavailable(store: ObjectStore, bucket: str) -> None:
+    # Given a key longer than S3 allows (MinIO and S3 answer KeyTooLongError, a name no object can have)
+    key = new_key("long") + "/" + "k" * 1100
+    # Then reading it is ObjectMissing (permanent), not StorageUnavailable (which would be retried)
+    for read in (store.get_bytes, store.stat):
+        with pytest.raises(ObjectMissing):
+            read(bucket, key)
+
+
 @pytest.mark.parametrize("bucket", ["ab", "Upper-Case", "under_score", "x" * 64])
 def test_a_bucket_name_s3_does_not_allow_is_missing(store: ObjectStore, bucket: str) -> None:
     with pytest.raises(ObjectMissing):

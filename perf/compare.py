@@ -243,12 +243,15 @@ def goals(results: dict[str, Measured], rates: list[float]) -> list[list[str]]:
     return rows
 
 
+def idle_note(cores: Mapping[str, float]) -> str:
+    busy = ", ".join(f"{tree} {value:.2f}" for tree, value in cores.items() if value)
+    return f"{sum(cores.values()):.2f}" + (f" ({busy})" if busy else "")
+
+
 def side_by_side(results: dict[str, Measured], args: argparse.Namespace) -> str:
     base = results.get("inprocess")
     rows: list[list[Any]] = [
-        ["idle server CPU (cores, no request)", *(f"{sum(m.idle.values()):.2f} ("
-                                                  + ", ".join(f"{t} {c:.2f}" for t, c in m.idle.items() if c) + ")"
-                                                  for m in results.values())],
+        ["idle server CPU (cores, no request)", *(idle_note(m.idle) for m in results.values())],
         [f"capacity, p99 <= {capacity.GOAL_P99_MS:g} ms (req/s)", *(f"{m.capacity:.0f}" for m in results.values())],
         ["capacity / in-process", *(f"{ratio(m.capacity, base.capacity if base else 0):.2f}" for m in results.values())]]
     for index, count in enumerate(args.connections):

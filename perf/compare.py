@@ -262,6 +262,7 @@ def side_by_side(results: dict[str, Measured], args: argparse.Namespace) -> str:
     for index, rate in enumerate(args.rates):
         rows.append([f"server CPU ms per prediction at {rate:.0f} req/s (valid answers, p99 ms)",
                      *(f"**{f.cpu_ms['total']:.2f}** ({f.answers} of {len(f.responses)}, {ms(f.p99)})"
+                       + (" above its capacity" if f.p99 > capacity.GOAL_P99_MS else "")
                        for f in (m.fixed[index] for m in results.values()))])
         rows.append([f"CPU per prediction / in-process at {rate:.0f} req/s",
                      *(f"{ratio(m.fixed[index].cpu_ms['total'], base.fixed[index].cpu_ms['total'] if base else 0):.2f}"
@@ -302,7 +303,9 @@ def summary(info: dict[str, Any], args: argparse.Namespace, model: dict[str, Any
         "by the valid answers: `http server` is the project's API or the reference's Flask process, `worker` the "
         "Celery worker and its pool processes, `redis` and `s3` the stack's servers (the S3 stand-in is idle on "
         "/predict after start-up; it is counted so that nothing the design runs is left out). The load client's "
-        "CPU is not counted. `idle server CPU` (side by side, above) is the same trees with no request at all, over "
+        "CPU is not counted. A design offered more than its capacity (p99 above "
+        f"{capacity.GOAL_P99_MS:g} ms) still answers, late: its figure is the CPU of a saturated server. `idle server "
+        "CPU` (side by side, above) is the same trees with no request at all, over "
         f"{args.idle_s:g} s after the warm-up: background work that the predictions of a low rate share.",
         f"## Set-up\n\nFixed rates {args.rate_s:g} s each (pool of up to 256 connections); closed loops {args.load_s:g} s "
         f"each, the first {min(2.0, args.load_s / 4):g} s left out; capacity steps of {args.search.step_s:g} s from "

@@ -27,10 +27,11 @@ SCENARIOS = {
     "original": "perf.original",
     "isolated": "perf.isolated",
     "overload": "perf.overload",
+    "compare": "perf.compare",
 }
-#: What `make perf` runs, in this order; a scenario whose module does not exist yet is skipped. About 18 minutes
+#: What `make perf` runs, in this order; a scenario whose module does not exist yet is skipped. About 30 minutes
 #: on 2 cores; `isolated` (two 2-minute Locust runs, ~5 minutes) is left out to stay near that: name it to run it.
-DEFAULT = ("shed", "http", "kafka-burst", "microbatch", "capacity", "download", "original", "overload")
+DEFAULT = ("shed", "http", "kafka-burst", "microbatch", "capacity", "download", "original", "overload", "compare")
 
 
 def available(name: str) -> bool:

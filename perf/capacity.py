@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,21 +142,44 @@ def pipeline(stack: Stack, since_epoch: float, until_epoch: float) -> dict[str, 
             "model_p50": float(np.percentile(durations, 50)) if durations else nan}
 
 
-def wait_drained(stack: Stack) -> None:
-    """Until the interactive queue is empty (bounded): a step must not start behind the previous one's work."""
-    probe = stack.queue_probe()
+@dataclass
+class Target:
+    """What a search drives: a server on `port`, the process trees whose CPU a step reports, the length of
+    its queue (left to empty between steps) and, for this project's stack, the logs `pipeline` reads."""
+
+    port: int
+    roots: dict[str, int]
+    depth: Callable[[], int] = lambda: 0
+    stack: Stack | None = None
+
+
+def as_target(server: Stack | Target) -> Target:
+    if isinstance(server, Target):
+        return server
+    return Target(server.port, {"api": server.api.pid, **{w.name: w.pid for w in server.workers}},
+                  server.queue_probe().depth, server)
+
+
+def no_pipeline() -> dict[str, float]:
+    nan = float("nan")
+    return {"batches": 0, "mean_batch": nan, "wait_p50": nan, "wait_p99": nan, "model_p50": nan}
+
+
+def wait_drained(server: Stack | Target) -> None:
+    """Until the queue is empty (bounded): a step must not start behind the previous one's work."""
+    depth = as_target(server).depth
     deadline = time.monotonic() + DRAIN_WAIT_S
-    while time.monotonic() < deadline and probe.depth() > 0:
+    while time.monotonic() < deadline and depth() > 0:
         time.sleep(0.1)
     time.sleep(0.5)
 
 
-def run_step(args: argparse.Namespace, raw: Path, stack: Stack, index: int, rate: float, n_features: int) -> Step:
+def run_step(args: argparse.Namespace, raw: Path, server: Stack | Target, index: int, rate: float, n_features: int) -> Step:
     name = f"step-{index:02d}-{rate:.0f}"
     print(f"capacity: step {index}, {rate:.0f} req/s for {args.step_s:g} s", flush=True)
-    roots = {"api": stack.api.pid, **{w.name: w.pid for w in stack.workers}}
-    meter = CpuMeter(roots)
-    client = run_client("paced", stack.port, raw / f"{name}.csv", raw, timeout_s=args.step_s + 15 + 30, args=[
+    target = as_target(server)
+    meter = CpuMeter(target.roots)
+    client = run_client("paced", target.port, raw / f"{name}.csv", raw, timeout_s=args.step_s + 15 + 30, args=[
         "--kind", "predict", "--path", "/predict", "--n-features", str(n_features), "--rate", f"{rate:.3f}",
         "--connections", str(args.pool), "--preopen", str(args.preopen), "--duration-s", str(args.step_s),
         "--grace-s", "15"])
@@ -163,7 +187,7 @@ def run_step(args: argparse.Namespace, raw: Path, stack: Stack, index: int, rate
     cores["client"] = round(client.get("cpu_s", 0) / max(client.get("wall_s", 1), 1e-9), 2)
     t0 = float(client.get("t0_epoch", 0))
     step = Step(index, rate, Responses.read(raw / f"{name}.csv"), client, cores,
-                pipeline(stack, t0, t0 + args.step_s + 15))
+                pipeline(target.stack, t0, t0 + args.step_s + 15) if target.stack else no_pipeline())
     s = step.stats
     print(f"capacity: step {index}, {rate:.0f} req/s: achieved {step.achieved:.0f}/s, p50 {ms(s['p50'])} p99 "
           f"{ms(s['p99'])} ms, errors {step.errors}, max backlog {client.get('max_backlog')}: "
@@ -171,13 +195,14 @@ def run_step(args: argparse.Namespace, raw: Path, stack: Stack, index: int, rate
     return step
 
 
-def search(args: argparse.Namespace, raw: Path, stack: Stack, n_features: int) -> list[Step]:
+def search(args: argparse.Namespace, raw: Path, server: Stack | Target, n_features: int) -> list[Step]:
     """Geometric steps up to the first miss, then bisection between the last hold and that miss."""
+    target = as_target(server)
     steps: list[Step] = []
     rate, held_rate, missed_rate = args.start_rate, 0.0, 0.0
     while len(steps) < args.max_steps:
-        wait_drained(stack)
-        step = run_step(args, raw, stack, len(steps) + 1, rate, n_features)
+        wait_drained(target)
+        step = run_step(args, raw, target, len(steps) + 1, rate, n_features)
         steps.append(step)
         if not step.held:
             missed_rate = rate
@@ -187,8 +212,8 @@ def search(args: argparse.Namespace, raw: Path, stack: Stack, n_features: int) -
         if not missed_rate or len(steps) >= args.max_steps:
             break
         rate = (held_rate + missed_rate) / 2 if held_rate else missed_rate / 2
-        wait_drained(stack)
-        step = run_step(args, raw, stack, len(steps) + 1, rate, n_features)
+        wait_drained(target)
+        step = run_step(args, raw, target, len(steps) + 1, rate, n_features)
         steps.append(step)
         if step.held:
             held_rate = rate

@@ -179,12 +179,16 @@ class Stack:
     """Redis + S3 + demo model + `worker_processes` Celery workers + the API, on free loopback ports.
 
     `env` overrides the settings of every process (e.g. QUEUE_MAXSIZE). With no worker, readiness is
-    "/model answers 200" instead of /readyz (which needs a live worker)."""
+    "/model answers 200" instead of /readyz (which needs a live worker). `publish` (arguments of
+    `python -m`) publishes the model before any server starts; `api=False` stops after the workers (for a
+    scenario that serves the model with servers of its own)."""
 
     def __init__(self, log_dir: Path, *, worker_processes: int = 1, env: Mapping[str, str] | None = None,
-                 ready_timeout_s: float = 90) -> None:
+                 ready_timeout_s: float = 90, publish: Sequence[str] = ("tasks.demo_model",), api: bool = True) -> None:
         self.log_dir = log_dir
         self.worker_processes = worker_processes
+        self.publish = list(publish)
+        self.with_api = api
         self.overrides = dict(env or {})
         self.ready_timeout_s = ready_timeout_s
         self.workers: list[ManagedProcess] = []
@@ -232,6 +236,8 @@ class Stack:
             self.workers.append(worker)
         for worker in self.workers:
             worker.wait_for_event("worker_ready", timeout_s=self.ready_timeout_s)
+        if not self.with_api:
+            return
         self.port = free_loopback_port()
         self.api = managed(self._exit, ManagedProcess("api", [PYTHON, "-m", "webapp"], {**self.env, "PORT": str(self.port)},
                                                       self.log_dir))
@@ -240,12 +246,12 @@ class Stack:
         wait_http(f"{self.url}{ready}", self.ready_timeout_s, self.api)
 
     def _publish_model(self) -> None:
-        log_path = self.log_dir / "demo-model.log"
+        log_path = self.log_dir / "model.log"
         with open(log_path, "wb") as log:
-            done = subprocess.run([PYTHON, "-m", "tasks.demo_model"], cwd=ROOT, env=self.env, stdout=log,
+            done = subprocess.run([PYTHON, "-m", *self.publish], cwd=ROOT, env=self.env, stdout=log,
                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=180, check=False)
         if done.returncode != 0:
-            raise StackError(f"python -m tasks.demo_model exited {done.returncode}:\n{log_path.read_text()[-3000:]}")
+            raise StackError(f"python -m {' '.join(self.publish)} exited {done.returncode}:\n{log_path.read_text()[-3000:]}")
 
     def model(self) -> dict[str, Any]:
         return dict(requests.get(f"{self.url}/model", timeout=5).json())
@@ -286,10 +292,15 @@ class CpuMeter:
             totals[name] = sum(ticks.get(pid, 0.0) for pid in tree)
         return totals
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds (user + system) used by each tree since the meter started."""
+        after = self._read()
+        return {name: after[name] - self.before.get(name, 0.0) for name in self.roots}
+
     def cores_used(self) -> dict[str, float]:
         """Average cores used by each tree since the meter started (1.0 = one core busy all the time)."""
-        after, elapsed = self._read(), max(time.monotonic() - self.started, 1e-9)
-        return {name: round((after[name] - self.before.get(name, 0.0)) / elapsed, 2) for name in self.roots}
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        return {name: round(seconds / elapsed, 2) for name, seconds in self.cpu_seconds().items()}
 
 
 def rss_mb(pid: int) -> float:

@@ -20,8 +20,9 @@ import pytest
 import requests
 
 from devtools.processes import CELERY, ManagedProcess, start_api, start_worker
-from devtools.services import Service, free_port, start_redis
-from tasks.demo_model import SAMPLE_KEY
+from devtools.services import Service, free_port, start_redis, start_s3
+from settings import Settings
+from tasks.demo_model import SAMPLE_KEY, publish_demo
 from tests.e2e.bridge_support import bridge_env, start_bridge, wait_until
 
 ROW = [50.0, 49.0, 48.5, 47.0, 45.0, 52.0, 51.0, 0.5, 0.86]
@@ -73,9 +74,16 @@ def stack(module_env: dict[str, str], kafka_service: Service, tmp_path_factory: 
     logs = tmp_path_factory.mktemp("secret-logs")
     secrets = Secrets()
     redis = start_redis(workdir=logs, password=secrets.redis_password)
+    # An S3 server of its own that accepts only the distinctive keys (SeaweedFS checks signatures), holding the
+    # demo model
+    s3 = start_s3(workdir=logs / "s3", access_key=secrets.s3_access_key, secret_key=secrets.s3_secret_key)
+    redis_url = f"redis://:{quote(secrets.redis_password, safe='')}@{redis.address}/0"
+    publish_demo(Settings(redis_url=redis_url, s3_endpoint=s3.address, s3_access_key=secrets.s3_access_key,
+                          s3_secret_key=secrets.s3_secret_key))
     env = bridge_env({
         **module_env,
-        "REDIS_URL": f"redis://:{quote(secrets.redis_password, safe='')}@{redis.address}/0",
+        "REDIS_URL": redis_url,
+        "S3_ENDPOINT": s3.address,
         "S3_ACCESS_KEY": secrets.s3_access_key,
         "S3_SECRET_KEY": secrets.s3_secret_key,
         "ADMIN_TOKEN": secrets.admin_token,
@@ -102,6 +110,7 @@ def stack(module_env: dict[str, str], kafka_service: Service, tmp_path_factory: 
         for process in reversed(started):
             process.stop()
         redis.stop()
+        s3.stop()
 
 
 def _status(url: str, **kwargs: object) -> int:

@@ -1,16 +1,21 @@
 """Micro-batching in the API: single-row /predict requests share one Celery task and one model call.
 
-One Celery round trip costs as much as hundreds of single-row predictions, so one task per request caps
-throughput at the round-trip rate. Request threads hand their row to `MicroBatcher.submit` and wait on
-their own future; one thread gathers rows and sends a batch when any of these holds:
+A Celery round trip costs the API, the worker and Redis as much CPU as hundreds of single-row predictions,
+and the same whether the message carries one row or thirty-two: batching is what makes a prediction
+through the queue cheaper than one made in the view. The rows of concurrent requests gather into the open
+batch, which is sent when any of these holds:
 
 - it has `BATCH_SIZE` rows;
-- the first row has waited `BATCH_TIMEOUT_MS`;
-- fewer than `max_in_flight` batches are out at the workers (an idle pipeline gets work at once, so a
-  lone request pays no batching delay; under load batches grow while earlier ones are being computed).
+- its first row has waited `BATCH_TIMEOUT_MS`;
+- it is a lone request: nothing is in flight and nothing arrived for `BATCH_TIMEOUT_MS`, so waiting would
+  gather nothing and only add latency.
 
-Each item keeps its own deadline (an item already expired at flush is answered 504 and not sent; the
-worker drops items that expire in the queue), gets its own result, and fails on its own.
+There is no batching thread: the request thread whose row fills a batch sends it, and the request thread
+of a batch's first row sends it when its timeout comes. A row therefore costs no hand-over to another
+thread and back, only the wait for its own result.
+
+Each item keeps its own deadline (an item already expired when its batch goes is answered 504 and not
+sent; the worker drops items that expire in the queue), gets its own result, and fails on its own.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +43,10 @@ class Item:
     row: list[Any]
     deadline_ms: int
     id: str
+    at: float = field(default_factory=time.monotonic)  # when it joined the open batch
+    sent: bool = False  # taken from the open batch (sent, or failed to send)
     future: Future[tuple[float, str]] = field(default_factory=Future)
+    batch: Sent | None = None
 
 
 @dataclass
@@ -47,79 +56,81 @@ class Sent:
     task_id: str
     outcome: Future[Outcome]
     forget: Callable[[], None]
+    latest_deadline_ms: int = 0
 
 
 Sender = Callable[[list[Item]], Sent]
 
 
 class MicroBatcher:
-    def __init__(self, send: Sender, *, size: int, timeout_ms: int, max_in_flight: int) -> None:
+    """Gathers single rows into batches (see the module's docstring); `submit` a row, then `wait` for it."""
+
+    def __init__(self, send: Sender, *, size: int, timeout_ms: int) -> None:
         self.send = send
         self.size = size
         self.timeout_s = timeout_ms / 1000
-        self.max_in_flight = max_in_flight
         self._items: list[Item] = []
-        self._first_at = 0.0
-        self._in_flight: dict[str, tuple[int, list[Item], Sent]] = {}
-        self._cv = threading.Condition()
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name="micro-batcher", daemon=True)
-
-    def start(self) -> MicroBatcher:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        with self._cv:
-            self._stopped = True
-            self._cv.notify_all()
-        self._thread.join(timeout=2)
+        self._in_flight = 0
+        self._last_arrival = float("-inf")
+        self._lock = threading.Lock()
 
     @property
     def pending(self) -> int:
         """Rows accepted but not yet sent: admission counts them as queued."""
         return len(self._items)
 
-    def submit(self, row: list[Any], deadline_ms: int, item_id: str) -> Future[tuple[float, str]]:
+    def submit(self, row: list[Any], deadline_ms: int, item_id: str) -> Item:
+        """Add a row to the open batch; send the batch now if it is full or the row is a lone request."""
         item = Item(row, deadline_ms, item_id)
-        with self._cv:
-            if not self._items:
-                self._first_at = time.monotonic()
+        with self._lock:
+            lone = not self._items and not self._in_flight and item.at - self._last_arrival >= self.timeout_s
+            self._last_arrival = item.at
             self._items.append(item)
-            self._cv.notify()
-        return item.future
-
-    def _ready(self) -> bool:
-        return bool(self._items) and (
-            len(self._items) >= self.size
-            or len(self._in_flight) < self.max_in_flight
-            or time.monotonic() - self._first_at >= self.timeout_s
-        )
-
-    def _run(self) -> None:
-        while True:
-            with self._cv:
-                while not self._stopped and not self._ready():
-                    wait = self.timeout_s - (time.monotonic() - self._first_at) if self._items else 0.1
-                    self._cv.wait(timeout=max(wait, 0.0005))
-                    self._sweep()
-                if self._stopped:
-                    return
-                batch, self._items = self._items[: self.size], self._items[self.size:]
-                self._first_at = time.monotonic()
+            batch = self._take() if lone or len(self._items) >= self.size else None
+        if batch:
             self._flush(batch)
+        return item
 
-    def _sweep(self) -> None:
-        """Give up on batches whose every item is past its deadline (no worker took them): their
-        callers have had their 504 already; stop polling for a result that may never come."""
-        now = now_ms()
-        for task_id, (deadline_ms, items, sent) in list(self._in_flight.items()):
-            if deadline_ms < now:
-                del self._in_flight[task_id]
-                sent.forget()
-                for item in items:
-                    if not item.future.done():
-                        item.future.set_exception(DeadlineExceeded("no result before the deadline"))
+    def wait(self, item: Item) -> tuple[float, str]:
+        """The item's prediction and model version, waiting at most until its deadline; sends the open
+        batch if the item is still in it when its batch timeout comes. Raises DeadlineExceeded,
+        InvalidInput or the batch's failure."""
+        flush_at = item.at + self.timeout_s
+        while True:
+            until_deadline = (item.deadline_ms - now_ms()) / 1000
+            wait = until_deadline if item.sent else min(until_deadline, flush_at - time.monotonic())
+            try:
+                return item.future.result(timeout=max(0.0, wait))
+            except FutureTimeout:
+                pass
+            if not item.sent and time.monotonic() >= flush_at:
+                with self._lock:
+                    batch = self._take() if not item.sent else None
+                if batch:
+                    self._flush(batch)
+                continue
+            if now_ms() >= item.deadline_ms:
+                self._give_up(item)
+                raise DeadlineExceeded("no result before the deadline")
+
+    def _take(self) -> list[Item]:
+        """The open batch's first `size` items, marked sent (call with the lock held)."""
+        batch, self._items = self._items[: self.size], self._items[self.size:]
+        for item in batch:
+            item.sent = True
+        return batch
+
+    def _give_up(self, item: Item) -> None:
+        """Once every item of the item's batch is past its deadline, stop waiting for the batch's result (no
+        worker took it, or it was lost): nobody will read it."""
+        with self._lock:
+            if not item.sent:
+                self._items.remove(item)
+                EXPIRED.labels("queue").inc()
+                return
+        batch = item.batch
+        if batch is not None and now_ms() >= batch.latest_deadline_ms:
+            batch.forget()
 
     def _flush(self, batch: list[Item]) -> None:
         now = now_ms()
@@ -138,15 +149,17 @@ class MicroBatcher:
             for item in live:
                 item.future.set_exception(error)
             return
+        sent.latest_deadline_ms = max(item.deadline_ms for item in live)
+        for item in live:
+            item.batch = sent
         BATCH_SIZE_METRIC.labels("api").observe(len(live))
-        with self._cv:
-            self._in_flight[sent.task_id] = (max(item.deadline_ms for item in live), live, sent)
-        sent.outcome.add_done_callback(lambda done: self._resolve(sent.task_id, live, done))
+        with self._lock:
+            self._in_flight += 1
+        sent.outcome.add_done_callback(lambda done: self._resolve(live, done))
 
-    def _resolve(self, task_id: str, items: list[Item], done: Future[Outcome]) -> None:
-        with self._cv:
-            self._in_flight.pop(task_id, None)
-            self._cv.notify()
+    def _resolve(self, items: list[Item], done: Future[Outcome]) -> None:
+        with self._lock:
+            self._in_flight -= 1
         try:
             outcome = done.result()
         except BaseException as error:  # noqa: BLE001
@@ -164,11 +177,13 @@ class MicroBatcher:
             return
         version = outcome.result["model_version"]
         for item, result in zip(items, outcome.result["results"], strict=True):
-            if "prediction" in result:
-                item.future.set_result((result["prediction"], version))
-            elif result.get("expired"):
-                item.future.set_exception(DeadlineExceeded("the deadline passed while the batch was queued"))
-            else:
-                error_info = result.get("error") or {}
-                item.future.set_exception(input_error(error_info.get("code", "invalid_request"),
-                                                      error_info.get("message", "invalid input")))
+            item.future.set_result((result["prediction"], version)) if "prediction" in result \
+                else item.future.set_exception(_item_failure(result))
+
+
+def _item_failure(result: dict[str, Any]) -> Exception:
+    """One item's failure from its entry in the batch's results."""
+    if result.get("expired"):
+        return DeadlineExceeded("the deadline passed while the batch was queued")
+    error_info = result.get("error") or {}
+    return input_error(error_info.get("code", "invalid_request"), error_info.get("message", "invalid input"))

@@ -2,8 +2,10 @@
 
 CACHE_MODE=busy (default) reads the cache only while the interactive queue is above the resume threshold
 (RESUME_THRESHOLD_PCT of QUEUE_MAXSIZE), so a quiet system always computes and a busy one answers
-repeated inputs without queueing them; `always` reads it for every request; `off` never touches it.
-Answers are written (CACHE_TTL_S) whenever the mode is not `off`. The model version in the key means a
+repeated inputs without queueing them; it writes answers (CACHE_TTL_S) once the queue is above half that
+threshold, so the cache fills as the queue climbs, and a quiet system spends nothing on it (hashing every
+row and a Redis write per batch were a tenth of the API's CPU). `always` reads and writes it for every
+request; `off` never touches it. The model version in the key means a
 promotion never serves the previous version's answers. Cache errors never fail a request.
 """
 
@@ -29,7 +31,12 @@ class ResponseCache:
         self.busy_depth = settings.queue_maxsize * settings.resume_threshold_pct / 100
 
     def applies(self, depth: int) -> bool:
+        """Whether a request finding the queue at `depth` reads the cache."""
         return self.mode == "always" or (self.mode == "busy" and depth > self.busy_depth)
+
+    def stores(self, depth: int) -> bool:
+        """Whether answers computed while the queue is at `depth` are written to the cache."""
+        return self.mode == "always" or (self.mode == "busy" and depth > self.busy_depth / 2)
 
     @staticmethod
     def key(version: str, rows: list[Any]) -> str:

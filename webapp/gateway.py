@@ -23,7 +23,7 @@ from tasks.deadline import expires_at
 from tasks.errors import DeadlineExceeded
 from tasks.heartbeat import live_workers
 from tasks.inference import ModelInfo
-from tasks.logs import log_event, now_ms
+from tasks.logs import LogBudget, log_event, now_ms
 from tasks.metrics import ADMISSION, DRAIN_RATE, QUEUE_DEPTH
 from tasks.model_store import ModelStore
 from tasks.queues import DrainRate, QueueProbe, QueueSample, register_batch, retry_after_s
@@ -41,6 +41,9 @@ REDIS_RETRY_AFTER_S = 1
 # a refresh in progress lets the others use one up to SAMPLE_STALE_S old rather than wait for it.
 SAMPLE_MAX_AGE_S = 0.005
 SAMPLE_STALE_S = 0.05
+# A line per admitted request is, under load, a good part of the API's CPU (formatting and writing JSON);
+# beyond this many a second the lines are counted, not written.
+ENQUEUED_LOG_BURST = 50
 
 
 def redis_unavailable() -> ApiError:
@@ -75,6 +78,7 @@ class Gateway:
         self._admitted = 0  # requests this process admitted, ever
         self._id_prefix = uuid.uuid4().hex[:16]
         self._id_counter = itertools.count()  # next() is atomic under the GIL
+        self._enqueued_lines = LogBudget(burst=ENQUEUED_LOG_BURST, per_s=1.0)
         self.models = ModelStore(settings, ObjectStore(settings, timeout_s=2.0))
         self.catalog: PromotedModel[ModelInfo] = PromotedModel(
             # Verified like the workers verify it (checksum, loads, features agree), so /model never names
@@ -86,25 +90,16 @@ class Gateway:
         # for seconds without the store being down, so they get a longer read timeout than the models.
         self.downloads = ObjectStore(settings, timeout_s=30.0)
         self.draining = False
-        # Up to one batch per worker process in flight, shared among the API processes on the port:
-        # enough to keep every worker busy, few enough that requests arriving meanwhile gather into the
-        # next batch instead of into more messages. (With 2 API processes and 2 worker processes, 1 batch
-        # each gave 650-915 req/s where 2 each gave 430-690: smaller batches cost more API CPU per request.)
-        in_flight = -(-settings.queue_workers // settings.http_processes)
-        self.batcher = MicroBatcher(self._send_batch, size=settings.batch_size, timeout_ms=settings.batch_timeout_ms,
-                                    max_in_flight=in_flight) if settings.enable_microbatch else None
+        self.batcher = MicroBatcher(self._send_batch, size=settings.batch_size,
+                                    timeout_ms=settings.batch_timeout_ms) if settings.enable_microbatch else None
 
     def start(self) -> Gateway:
         self.collector.start()
-        if self.batcher:
-            self.batcher.start()
         self.catalog.refresh()
         self.catalog.watch()
         return self
 
     def close(self) -> None:
-        if self.batcher:
-            self.batcher.stop()
         self.catalog.stop()
         self.collector.stop()
 
@@ -151,6 +146,12 @@ class Gateway:
         DRAIN_RATE.labels(self.settings.celery_queue).set(rate)
         return sample
 
+    @property
+    def last_depth(self) -> int:
+        """The queue's depth at the last sample (0 before the first)."""
+        cached = self._cached
+        return cached[0].depth if cached is not None else 0
+
     def new_id(self) -> str:
         """A unique id for a request or a batch: this process's random prefix and a counter (uuid4 per
         request read the OS's random source on every call)."""
@@ -160,6 +161,15 @@ class Gateway:
         ADMISSION.labels("accepted").inc()
         with self._admitted_lock:
             self._admitted += 1
+
+    def _log_enqueued(self, depth: int, **ids: str) -> None:
+        """`queue_enqueued`, within ENQUEUED_LOG_BURST lines a second (the rest counted in the next line's
+        `suppressed`; `inference_admission_total{outcome="accepted"}` counts every one)."""
+        suppressed = self._enqueued_lines.take()
+        if suppressed is not None:
+            fields: dict[str, Any] = {**ids, "suppressed": suppressed} if suppressed else dict(ids)
+            log_event(log, "queue_enqueued", depth=depth + 1, bounded=self.settings.use_bounded_queue,
+                      maxsize=self.settings.queue_maxsize, **fields)
 
     def check_bound(self, sample: QueueSample) -> None:
         """Raise 429, with a Retry-After from the queue length and the drain rate, at the bound."""
@@ -192,8 +202,7 @@ class Gateway:
             log.warning("enqueue failed: %s", type(error).__name__, extra={"event": "queue_unavailable"})
             raise redis_unavailable() from None
         self._accepted()
-        log_event(log, "queue_enqueued", depth=depth + 1, bounded=settings.use_bounded_queue,
-                  maxsize=settings.queue_maxsize, task_id=task_id)
+        self._log_enqueued(depth, task_id=task_id)
         try:
             return future.result(timeout=max(0.0, (deadline_ms - now_ms()) / 1000))
         except FutureTimeout:
@@ -206,12 +215,11 @@ class Gateway:
         assert self.batcher is not None
         item_id = self.new_id()
         self._accepted()
-        log_event(log, "queue_enqueued", depth=depth + 1, bounded=self.settings.use_bounded_queue,
-                  maxsize=self.settings.queue_maxsize, key=item_id)
-        future = self.batcher.submit(row, deadline_ms, item_id)
+        self._log_enqueued(depth, key=item_id)
+        item = self.batcher.submit(row, deadline_ms, item_id)
         try:
-            return future.result(timeout=max(0.0, (deadline_ms - now_ms()) / 1000))
-        except (FutureTimeout, DeadlineExceeded):
+            return self.batcher.wait(item)
+        except DeadlineExceeded:
             log_event(log, "ttl_expired", source="webapp", key=item_id)
             raise ApiError(504, "deadline_exceeded", "No result before the request's deadline; the work was dropped.") from None
 
@@ -232,7 +240,7 @@ class Gateway:
             log.warning("enqueue failed: %s", type(error).__name__, extra={"event": "queue_unavailable"})
             raise redis_unavailable() from None
         log_event(log, "batch_sent", task_id=task_id, batch_size=len(items), keys=[item.id for item in items])
-        if self.cache.mode != "off":
+        if self.cache.stores(self.last_depth):
             outcome.add_done_callback(lambda done: self._cache_batch(items, done))
         return Sent(task_id, outcome, lambda: self.collector.forget([task_id]))
 

@@ -83,7 +83,8 @@ def predict() -> Response:
     if not outcome.ok:
         raise outcome.result if isinstance(outcome.result, Exception) else RuntimeError("inference failed")
     predictions, version = outcome.result["predictions"], outcome.result["model_version"]
-    gw.cache.put(gw.cache.key(version, parsed.rows), predictions)
+    if gw.cache.stores(sample.depth):
+        gw.cache.put(gw.cache.key(version, parsed.rows), predictions)
     return prediction_response(parsed.single, predictions, version, cached=False)
 
 

@@ -70,3 +70,21 @@ def test_subscribed_collector_still_finds_results_stored_without_a_message(base_
         assert not other.done() and redis_client.exists(app.backend.get_key_for_task("other")) == 1
     finally:
         collector.stop()
+
+
+def test_a_stored_success_is_never_overwritten_and_any_other_state_is(base_settings: Settings,
+                                                                     redis_client: redis.Redis) -> None:
+    app = create_celery(base_settings, main="test-results")
+    backend = app.backend
+    # Given a task that was retried, then failed: the failure replaces the retry
+    backend.mark_as_retry("r", ValueError("again"))
+    backend.mark_as_failure("r", ValueError("boom"))
+    assert backend.get_task_meta("r")["status"] == states.FAILURE
+    # Given a task that succeeded, then ran again (a duplicate) and failed or expired: the success stays
+    backend.store_result("s", {"predictions": [2.0]}, states.SUCCESS)
+    backend.mark_as_failure("s", ValueError("duplicate"))
+    backend.mark_as_revoked("s", reason="expired")
+    meta = backend.get_task_meta("s")
+    assert meta["status"] == states.SUCCESS and meta["result"] == {"predictions": [2.0]}
+    # And a stored result expires with result_expires
+    assert 0 < redis_client.ttl(backend.get_key_for_task("s")) <= app.conf.result_expires

@@ -1,10 +1,12 @@
-"""The micro-batcher with a recording sender: when batches go out, and how each item hears back."""
+"""The micro-batcher with a recording sender: when batches go out, and how each item hears back. Waits run
+in threads of their own, as request threads do."""
 
 from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Future
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 from celery import states
@@ -52,110 +54,139 @@ def expired_count(stage: str) -> float:
     return metrics.registry(metrics.API).get_sample_value("inference_expired_total", {"stage": stage}) or 0.0
 
 
-def batcher(workers: Workers, size: int = 4, timeout_ms: int = 50, max_in_flight: int = 1) -> MicroBatcher:
-    return MicroBatcher(workers.send, size=size, timeout_ms=timeout_ms, max_in_flight=max_in_flight).start()
+def batcher(size: int = 4, timeout_ms: int = 50, workers: Workers | None = None) -> MicroBatcher:
+    assert workers is not None
+    return MicroBatcher(workers.send, size=size, timeout_ms=timeout_ms)
 
 
 def later(ms: int = 5000) -> int:
     return now_ms() + ms
 
 
-def test_a_lone_request_is_sent_at_once_when_the_pipeline_is_idle(workers: Workers) -> None:
-    subject = batcher(workers, timeout_ms=10_000)
+@pytest.fixture
+def waiting() -> Iterator[Callable[[MicroBatcher, Item], Future[tuple[float, str]]]]:
+    """Wait for an item in a thread of its own, as its request thread would."""
+    pool = ThreadPoolExecutor(16)
+    yield lambda subject, item: pool.submit(subject.wait, item)
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+Waiting = Callable[[MicroBatcher, Item], "Future[tuple[float, str]]"]
+
+
+def test_a_lone_request_is_sent_at_once(workers: Workers, waiting: Waiting) -> None:
+    subject = batcher(timeout_ms=10_000, workers=workers)
     started = time.monotonic()
-    future = subject.submit([1.0], later(), "a")
+    answer = waiting(subject, subject.submit([1.0], later(), "a"))
     workers.wait_batches(1)
     # Sent without waiting for its 10 s batch timeout (half of it is a margin any loaded machine keeps)
     assert time.monotonic() - started < 5.0
     workers.complete(0)
-    assert future.result(timeout=1) == (0.0, "v1")
-    subject.stop()
+    assert answer.result(timeout=2) == (0.0, "v1")
 
 
-def test_requests_gather_while_a_batch_is_out_and_flush_at_the_size(workers: Workers) -> None:
-    subject = batcher(workers, size=3, timeout_ms=10_000)
-    first = subject.submit([1.0], later(), "first")
+def test_requests_close_together_gather_and_flush_at_the_size(workers: Workers, waiting: Waiting) -> None:
+    subject = batcher(size=3, timeout_ms=10_000, workers=workers)
+    first = waiting(subject, subject.submit([1.0], later(), "first"))
     workers.wait_batches(1)
-    futures = [subject.submit([float(i)], later(), f"r{i}") for i in range(4)]
+    # Given requests arriving right after one another (within the batch timeout), while a batch is out
+    answers = [waiting(subject, subject.submit([float(i)], later(), f"r{i}")) for i in range(4)]
     workers.wait_batches(2)
     assert [item.id for item in workers.batches[1][1]] == ["r0", "r1", "r2"]  # full at 3
     assert subject.pending == 1
     workers.complete(0)
     workers.complete(1)
-    assert first.result(timeout=1)[0] == 0.0
-    assert [f.result(timeout=1)[0] for f in futures[:3]] == [0.0, 1.0, 2.0]
-    workers.wait_batches(3)  # the pipeline freed: the last one goes
-    subject.stop()
+    assert first.result(timeout=2)[0] == 0.0
+    assert [a.result(timeout=2)[0] for a in answers[:3]] == [0.0, 1.0, 2.0]
 
 
-def test_a_partial_batch_goes_after_the_timeout(workers: Workers) -> None:
-    subject = batcher(workers, size=100, timeout_ms=30)
-    subject.submit([1.0], later(), "first")
+def test_requests_close_together_are_batched_even_with_nothing_in_flight(workers: Workers, waiting: Waiting) -> None:
+    subject = batcher(size=2, timeout_ms=10_000, workers=workers)
+    waiting(subject, subject.submit([1.0], later(), "lone"))
+    workers.wait_batches(1)
+    workers.complete(0)
+    # When two more arrive within the timeout of the first, with the first batch answered
+    waiting(subject, subject.submit([2.0], later(), "a"))
+    assert len(workers.batches) == 1  # held: another may follow
+    waiting(subject, subject.submit([3.0], later(), "b"))
+    workers.wait_batches(2)
+    assert [item.id for item in workers.batches[1][1]] == ["a", "b"]
+
+
+def test_a_partial_batch_goes_after_the_timeout(workers: Workers, waiting: Waiting) -> None:
+    subject = batcher(size=100, timeout_ms=30, workers=workers)
+    waiting(subject, subject.submit([1.0], later(), "first"))
     workers.wait_batches(1)
     started = time.monotonic()
-    subject.submit([2.0], later(), "second")
+    waiting(subject, subject.submit([2.0], later(), "second"))
     workers.wait_batches(2)
-    # Held for its 30 ms timeout (less the timer's granularity), then sent without waiting for a full batch of
-    # 100 that never comes; the upper bound is a margin for a loaded machine, not a speed goal
+    # Held for its 30 ms timeout (less the timer's granularity), then sent by its own request's wait without
+    # a full batch of 100 that never comes; the upper bound is a margin for a loaded machine, not a speed goal
     assert 0.02 <= time.monotonic() - started < 5.0
-    subject.stop()
 
 
-def test_an_item_already_expired_at_flush_is_not_sent(workers: Workers) -> None:
-    subject = batcher(workers, size=2, timeout_ms=10_000)
-    subject.submit([0.0], later(), "busy")
+def test_an_item_already_expired_at_flush_is_not_sent(workers: Workers, waiting: Waiting) -> None:
+    subject = batcher(size=2, timeout_ms=10_000, workers=workers)
+    waiting(subject, subject.submit([0.0], later(), "busy"))
     workers.wait_batches(1)
     expired_in_queue = expired_count("queue")
-    expired = subject.submit([1.0], now_ms() - 1, "expired")
-    alive = subject.submit([2.0], later(), "alive")
+    expired_item = subject.submit([1.0], now_ms() - 1, "expired")
+    alive_item = subject.submit([2.0], later(), "alive")  # the batch is full: it goes
+    expired, alive = waiting(subject, expired_item), waiting(subject, alive_item)
     workers.wait_batches(2)
     assert [item.id for item in workers.batches[1][1]] == ["alive"]
     with pytest.raises(DeadlineExceeded):
-        expired.result(timeout=1)
+        expired.result(timeout=2)
     assert expired_count("queue") == expired_in_queue + 1  # dropped while queued in the API
     workers.complete(1)
-    assert alive.result(timeout=1) == (0.0, "v1")
-    subject.stop()
+    assert alive.result(timeout=2) == (0.0, "v1")
 
 
-def test_each_item_gets_its_own_result_or_failure(workers: Workers) -> None:
-    subject = batcher(workers, size=3, timeout_ms=10_000)
-    subject.submit([0.0], later(), "busy")
+def test_each_item_gets_its_own_result_or_failure(workers: Workers, waiting: Waiting) -> None:
+    subject = batcher(size=3, timeout_ms=10_000, workers=workers)
+    waiting(subject, subject.submit([0.0], later(), "busy"))
     workers.wait_batches(1)
-    ok, bad, late = (subject.submit([float(i)], later(), name) for i, name in enumerate(["ok", "bad", "late"]))
+    ok, bad, late = (waiting(subject, subject.submit([float(i)], later(), name)) for i, name in enumerate(["ok", "bad", "late"]))
     workers.wait_batches(2)
     workers.complete(1, [{"prediction": 7.5},
                          {"error": {"code": "wrong_feature_count", "message": "3 values; expects 9"}},
                          {"expired": True}])
-    assert ok.result(timeout=1) == (7.5, "v1")
+    assert ok.result(timeout=2) == (7.5, "v1")
     with pytest.raises(InvalidInput) as invalid:
-        bad.result(timeout=1)
+        bad.result(timeout=2)
     assert invalid.value.code == "wrong_feature_count"
     with pytest.raises(DeadlineExceeded):
-        late.result(timeout=1)
-    subject.stop()
+        late.result(timeout=2)
 
 
-def test_a_batch_revoked_in_the_queue_fails_every_item_with_the_deadline(workers: Workers) -> None:
-    subject = batcher(workers, size=2)
-    futures = [subject.submit([1.0], later(), "a")]
+def test_a_batch_revoked_in_the_queue_fails_every_item_with_the_deadline(workers: Workers, waiting: Waiting) -> None:
+    subject = batcher(size=2, workers=workers)
+    answer = waiting(subject, subject.submit([1.0], later(), "a"))
     workers.wait_batches(1)
     workers.complete(0, state=states.REVOKED)
     with pytest.raises(DeadlineExceeded):
-        futures[0].result(timeout=1)
-    subject.stop()
+        answer.result(timeout=2)
 
 
-def test_a_batch_nobody_answers_is_given_up_after_its_last_deadline(workers: Workers) -> None:
-    subject = batcher(workers)
-    future = subject.submit([1.0], now_ms() + 100, "orphan")
+def test_an_item_whose_deadline_passes_in_the_open_batch_leaves_it(workers: Workers, waiting: Waiting) -> None:
+    subject = batcher(size=10, timeout_ms=10_000, workers=workers)
+    waiting(subject, subject.submit([0.0], later(), "busy"))
     workers.wait_batches(1)
-    deadline = time.monotonic() + 2
-    while not workers.forgotten and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert workers.forgotten == ["t0"]
+    expired_in_queue = expired_count("queue")
+    # Given a request whose deadline comes before its batch's timeout
+    answer = waiting(subject, subject.submit([1.0], now_ms() + 50, "short"))
+    # Then it hears of its deadline, leaves the open batch, and is never sent
     with pytest.raises(DeadlineExceeded):
-        future.result(timeout=1)
-    subject.submit([2.0], later(), "next")  # and the pipeline is free again
-    workers.wait_batches(2)
-    subject.stop()
+        answer.result(timeout=5)
+    assert subject.pending == 0 and len(workers.batches) == 1
+    assert expired_count("queue") == expired_in_queue + 1
+
+
+def test_a_batch_nobody_answers_is_given_up_after_its_last_deadline(workers: Workers, waiting: Waiting) -> None:
+    subject = batcher(workers=workers)
+    answer = waiting(subject, subject.submit([1.0], now_ms() + 100, "orphan"))
+    workers.wait_batches(1)
+    # Then its request hears of its deadline, and the batch is no longer awaited
+    with pytest.raises(DeadlineExceeded):
+        answer.result(timeout=5)
+    assert workers.forgotten == ["t0"]

@@ -8,8 +8,9 @@ A micro-batch message carries several requests: the API records `n - 1` extra it
 a hash (`batch_items_key`), the worker deletes the entry when it receives the message, and the depth adds
 them up, so the bound counts requests waiting, not messages.
 
-The drain rate comes from a counter that workers increment as they finish work (`record_completed`);
-admission samples it with the queue length, and an EWMA of its slope gives completions per second.
+The drain rate comes from a counter that workers increment as they finish work (where a task's result is
+stored: tasks/results.py); admission samples it with the queue length, and an EWMA of its slope gives
+completions per second.
 """
 
 from __future__ import annotations
@@ -50,10 +51,6 @@ def register_batch(client: redis.Redis, queue: str, task_id: str, items: int) ->
 
 def batch_received(client: redis.Redis, queue: str, task_id: str) -> None:
     client.hdel(batch_items_key(queue), task_id)
-
-
-def record_completed(client: redis.Redis, queue: str, count: int = 1) -> None:
-    client.incrby(completed_key(queue), count)
 
 
 def unacknowledged(client: redis.Redis) -> int:

@@ -24,13 +24,17 @@ from celery import states
 from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 
+from tasks.queues import completed_key
+
 log = logging.getLogger(__name__)
 
 
 # Celery's store, in one round trip: write (and publish) the result unless a success is already stored, as
-# Celery decides by reading the key first (a duplicate run never overwrites a success). ARGV: the encoded
-# meta, its status, its expiry in seconds ("" for none).
+# Celery decides by reading the key first (a duplicate run never overwrites a success); and count the task
+# as finished on its queue's completion counter (KEYS[2], when given: tasks/queues.py, the drain rate).
+# ARGV: the encoded meta, its status, its expiry in seconds ("" for none).
 _STORE_SCRIPT = """
+if KEYS[2] then redis.call('INCR', KEYS[2]) end
 local current = redis.call('GET', KEYS[1])
 if current then
   local ok, meta = pcall(cjson.decode, current)
@@ -44,7 +48,9 @@ return 1
 
 class ResultBackend(RedisBackend):
     """Celery's Redis result backend, minus the pub/sub subscription made for every task sent, and storing a
-    result in one round trip instead of two (`_STORE_SCRIPT`)."""
+    result in one round trip instead of three (the read before the write, and the drain rate's counter:
+    `_STORE_SCRIPT`). Every task a worker finishes stores a result (run, failed, retried or expired), so
+    this is where a completion is counted."""
 
     _store_script: Any = None
 
@@ -61,7 +67,9 @@ class ResultBackend(RedisBackend):
         expires = self.failure_expires if state == states.FAILURE else self.expires
         if self._store_script is None:
             self._store_script = self.client.register_script(_STORE_SCRIPT)
-        store = partial(self._store_script, keys=[self.get_key_for_task(task_id)],
+        queue = (getattr(request, "delivery_info", None) or {}).get("routing_key") if request is not None else None
+        keys = [self.get_key_for_task(task_id), *([completed_key(queue)] if queue else [])]
+        store = partial(self._store_script, keys=keys,
                         args=[value, state, "" if not expires else int(expires)])
         self.ensure(store, ())
         return result

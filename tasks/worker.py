@@ -3,7 +3,7 @@
 - logging: our JSON lines instead of Celery's (`setup_logging`);
 - start-up: wait for Redis and object storage, else exit non-zero with one line (`worker_init`);
 - each pool process: load and prewarm the model, then follow promotions (`worker_process_init`);
-- drain rate: count every finished task, run, failed or expired (`task_postrun`, `task_revoked`);
+- drain rate: every finished task (run, failed or expired) is counted where its result is stored (tasks/results.py);
 - readiness: a heartbeat per worker node in Redis, read by the API's /readyz (`worker_ready`).
 """
 
@@ -24,7 +24,7 @@ from tasks.celery_app import PREDICT_BATCH_TASK, InferenceCelery
 from tasks.deadline import DeadlineTask
 from tasks.heartbeat import Heartbeat
 from tasks.logs import configure_logging, log_event
-from tasks.queues import batch_received, record_completed
+from tasks.queues import batch_received, completed_key
 from tasks.runtime import worker_runtime
 from tasks.startup import StartupFailed, announce, require_services
 
@@ -80,8 +80,9 @@ def install(app: InferenceCelery) -> None:
             metrics.WORKER_TASK_DURATION.labels(task.name).observe(time.perf_counter() - began)
         metrics.WORKER_TASKS.labels(task.name, state or "unknown").inc()
         queue = (getattr(task.request, "delivery_info", None) or {}).get("routing_key")
-        if queue:
-            _count(queue)
+        if queue and task.ignore_result:  # it stores no result, where the others are counted (tasks/results.py)
+            with contextlib.suppress(redis.RedisError):
+                worker_runtime(settings).redis.incr(completed_key(queue))
 
     @signals.task_revoked.connect(weak=False)
     def _revoked(sender: Any = None, request: Any = None, expired: bool = False, **_: Any) -> None:
@@ -95,15 +96,6 @@ def install(app: InferenceCelery) -> None:
                 sender.on_expired(request, "queue")
             else:
                 log_event(log, "ttl_expired", source="queue", key=request.id, task_id=request.id)
-        queue = (getattr(request, "delivery_info", None) or {}).get("routing_key")
-        if queue:
-            _count(queue)
-
-    def _count(queue: str) -> None:
-        try:
-            record_completed(worker_runtime(settings).redis, queue)
-        except redis.RedisError:
-            pass  # the drain rate misses one completion; the task itself is unaffected
 
     @signals.worker_ready.connect(weak=False)
     def _ready(sender: Any = None, **_: Any) -> None:

@@ -88,3 +88,19 @@ def test_a_stored_success_is_never_overwritten_and_any_other_state_is(base_setti
     assert meta["status"] == states.SUCCESS and meta["result"] == {"predictions": [2.0]}
     # And a stored result expires with result_expires
     assert 0 < redis_client.ttl(backend.get_key_for_task("s")) <= app.conf.result_expires
+
+
+def test_storing_a_result_counts_a_completion_on_its_queue(base_settings: Settings, redis_client: redis.Redis) -> None:
+    from celery.app.task import Context
+
+    from tasks.queues import completed_key
+
+    app = create_celery(base_settings, main="test-results")
+    # Given tasks delivered from the interactive queue that succeed, fail and expire
+    request = Context(delivery_info={"routing_key": "inference"})
+    app.backend.store_result("c1", {"predictions": [1.0]}, states.SUCCESS, request=request)
+    app.backend.mark_as_failure("c2", ValueError("boom"), request=request)
+    app.backend.mark_as_revoked("c3", reason="expired", request=request)
+    # Then each counts once towards the queue's drain rate; a result stored outside a delivery counts nowhere
+    app.backend.store_result("c4", {"predictions": [1.0]}, states.SUCCESS)
+    assert int(redis_client.get(completed_key("inference")) or 0) == 3

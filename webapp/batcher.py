@@ -7,12 +7,14 @@ batch, which is sent when any of these holds:
 
 - it has `BATCH_SIZE` rows;
 - its first row has waited `BATCH_TIMEOUT_MS`;
+- arrivals have paused: nothing arrived for QUIET_GAPS mean gaps between arrivals (at least QUIET_MIN_S), so
+  more rows are unlikely soon (a few clients each waiting for their answer before sending again);
 - it is a lone request: nothing is in flight and nothing arrived for `BATCH_TIMEOUT_MS`, so waiting would
   gather nothing and only add latency.
 
 There is no batching thread: the request thread whose row fills a batch sends it, and the request thread
-of a batch's first row sends it when its timeout comes. A row therefore costs no hand-over to another
-thread and back, only the wait for its own result.
+of a batch's first row sends it when its timeout comes or arrivals pause. A row therefore costs no
+hand-over to another thread and back, only the wait for its own result.
 
 Each item keeps its own deadline (an item already expired when its batch goes is answered 504 and not
 sent; the worker drops items that expire in the queue), gets its own result, and fails on its own.
@@ -61,6 +63,12 @@ class Sent:
 
 Sender = Callable[[list[Item]], Sent]
 
+QUIET_MIN_S = 0.001
+# Arrivals count as paused after this many mean gaps without one: open-loop arrivals (Poisson) pause that
+# long once in ~150 gaps, clients waiting for their answers pause at once.
+QUIET_GAPS = 5
+GAP_WEIGHT = 0.1  # of the newest gap in the moving average of gaps between arrivals
+
 
 class MicroBatcher:
     """Gathers single rows into batches (see the module's docstring); `submit` a row, then `wait` for it."""
@@ -72,6 +80,7 @@ class MicroBatcher:
         self._items: list[Item] = []
         self._in_flight = 0
         self._last_arrival = float("-inf")
+        self._mean_gap_s = self.timeout_s
         self._lock = threading.Lock()
 
     @property
@@ -83,7 +92,9 @@ class MicroBatcher:
         """Add a row to the open batch; send the batch now if it is full or the row is a lone request."""
         item = Item(row, deadline_ms, item_id)
         with self._lock:
-            lone = not self._items and not self._in_flight and item.at - self._last_arrival >= self.timeout_s
+            gap = item.at - self._last_arrival
+            lone = not self._items and not self._in_flight and gap >= self.timeout_s
+            self._mean_gap_s += GAP_WEIGHT * (min(gap, self.timeout_s) - self._mean_gap_s)
             self._last_arrival = item.at
             self._items.append(item)
             batch = self._take() if lone or len(self._items) >= self.size else None
@@ -97,13 +108,14 @@ class MicroBatcher:
         InvalidInput or the batch's failure."""
         flush_at = item.at + self.timeout_s
         while True:
+            now = time.monotonic()
             until_deadline = (item.deadline_ms - now_ms()) / 1000
-            wait = until_deadline if item.sent else min(until_deadline, flush_at - time.monotonic())
+            wait = until_deadline if item.sent else min(until_deadline, self._flush_time(item, flush_at) - now)
             try:
                 return item.future.result(timeout=max(0.0, wait))
             except FutureTimeout:
                 pass
-            if not item.sent and time.monotonic() >= flush_at:
+            if not item.sent and self._due(item, flush_at):
                 with self._lock:
                     batch = self._take() if not item.sent else None
                 if batch:
@@ -112,6 +124,26 @@ class MicroBatcher:
             if now_ms() >= item.deadline_ms:
                 self._give_up(item)
                 raise DeadlineExceeded("no result before the deadline")
+
+    def _paused_at(self) -> float:
+        """When arrivals will count as paused, if none comes before."""
+        return self._last_arrival + max(QUIET_MIN_S, QUIET_GAPS * self._mean_gap_s)
+
+    def _due(self, item: Item, flush_at: float) -> bool:
+        """Whether the open batch holding `item` should go now."""
+        now = time.monotonic()
+        items = self._items
+        first = bool(items) and items[0] is item
+        return now >= flush_at or (first and now >= self._paused_at())
+
+    def _flush_time(self, item: Item, flush_at: float) -> float:
+        """When the open batch holding `item` is due: at its timeout, or, for its first row's request, once
+        arrivals have paused."""
+        items = self._items
+        if items and items[0] is item:
+            # Looked at again at least four times per timeout: the pause it waits for shortens as arrivals speed up.
+            return min(flush_at, self._paused_at(), time.monotonic() + self.timeout_s / 4)
+        return flush_at
 
     def _take(self) -> list[Item]:
         """The open batch's first `size` items, marked sent (call with the lock held)."""

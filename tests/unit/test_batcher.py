@@ -190,3 +190,18 @@ def test_a_batch_nobody_answers_is_given_up_after_its_last_deadline(workers: Wor
     with pytest.raises(DeadlineExceeded):
         answer.result(timeout=5)
     assert workers.forgotten == ["t0"]
+
+
+def test_a_batch_goes_when_arrivals_pause_before_its_timeout(workers: Workers, waiting: Waiting) -> None:
+    subject = batcher(size=1000, timeout_ms=10_000, workers=workers)
+    waiting(subject, subject.submit([0.0], later(), "busy"))
+    workers.wait_batches(1)
+    # Given a burst of rows arriving back to back (as from clients each waiting for its answer), then none
+    started = time.monotonic()
+    for i in range(100):
+        waiting(subject, subject.submit([float(i)], later(), f"r{i}"))
+    # Then the batch goes once arrivals have paused, long before its 10 s timeout (half of it is the margin a
+    # loaded machine keeps), whole
+    workers.wait_batches(2, timeout_s=6)
+    assert time.monotonic() - started < 5.0
+    assert len(workers.batches[1][1]) == 100

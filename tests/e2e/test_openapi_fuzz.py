@@ -177,7 +177,9 @@ def range_416s_are_earned(ctx: Any, response: Any, case: Any) -> bool | None:
     answer's `Content-Range: bytes */<size>`), or an empty suffix."""
     if response.status_code != 416:
         return None
-    size = int(response.headers["Content-Range"].rsplit("/", 1)[1])
+    headers = {name.lower(): value for name, value in response.headers.items()}
+    content_range = headers["content-range"]
+    size = int((content_range[0] if isinstance(content_range, list) else content_range).rsplit("/", 1)[1])
     ranges = response.request.headers.get("Range", "").removeprefix("bytes=").split(",")
     if len(ranges) > 1:
         return None

@@ -111,6 +111,12 @@ class DrainRate:
         self._last: QueueSample | None = None
         self._lock = threading.Lock()
 
+    def restart(self, sample: QueueSample) -> None:
+        """Start a new interval at `sample`, keeping the rate: what happens before it is not to be measured
+        (for a backlog: a time it was empty, when the pace of takes was the pace of arrivals)."""
+        with self._lock:
+            self._last = sample
+
     def observe(self, sample: QueueSample) -> float:
         with self._lock:
             last = self._last

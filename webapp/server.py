@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 FAST_PATHS = frozenset({"/healthz"})  # answered by the I/O thread
 PROBE_PATHS = frozenset({"/readyz", "/metrics"})  # answered by the probe thread, never shed
+# Requests the backlog bound may refuse: the work that goes to the queue. The others (downloads, /model)
+# wait for a thread without it: QUEUE_MAXSIZE and HTTP_BACKLOG_WAIT_MS are about queued predictions.
+BOUNDED_PATHS = frozenset({"/predict"})
 # WSGI environ key set by `MarkedTask`: when the request arrived (epoch ms): the kernel's receive time of the
 # data that completed it, or, where sockets carry no receive timestamp, when it was read in full.
 ARRIVED_KEY = "inference.arrived_ms"
@@ -146,8 +149,13 @@ class ProbeFirstDispatcher(ThreadedTaskDispatcher):
             self.fast.add_task(task)
         else:
             waiting = len(self.queue)
-            self.drain.observe(QueueSample(waiting, self.waited.taken_count, time.monotonic()))
-            if inline and self.max_waiting and (waiting >= self.max_waiting or self.too_late(request, waiting)):
+            sample = QueueSample(waiting, self.waited.taken_count, time.monotonic())
+            if waiting:
+                self.drain.observe(sample)
+            else:  # a thread is free: how fast threads take requests is not measured while there are none to take
+                self.drain.restart(sample)
+            if inline and self.max_waiting and request.path in BOUNDED_PATHS \
+                    and (waiting >= self.max_waiting or self.too_late(request, waiting)):
                 request.shed = self.shed_answer(waiting)
                 task.serve_inline = True
             else:

@@ -12,6 +12,7 @@ import pytest
 from waitress.server import create_server
 
 from tasks.logs import now_ms
+from tasks.queues import DrainRate, QueueSample
 from webapp.server import EventLoop, ProbeFirstDispatcher, QuietChannel
 
 THREADS = 2
@@ -129,3 +130,25 @@ def test_the_drain_rate_counts_only_requests_the_threads_take_from_the_backlog(
         client.close()
         loop.close()
         server.close()
+
+
+def test_a_pace_not_yet_measured_refuses_nothing_below_the_bound(pools: list[ProbeFirstDispatcher]) -> None:
+    """A cold server (a burst of new clients): more requests waiting than threads, no pace measured and no
+    wait measured yet: nothing says the wait would be long, so nothing is refused short of QUEUE_MAXSIZE."""
+    pool = ProbeFirstDispatcher(THREADS, max_waiting=1000, max_wait_ms=200)
+    pool.deadline_of = lambda _headers, arrived_ms: arrived_ms + 10_000
+    pools.append(pool)
+    assert pool.too_late(request(), waiting=19) is False
+
+
+def test_the_pace_is_measured_only_while_requests_wait() -> None:
+    """Takes counted while the backlog was empty are the pace of arrivals, not of the threads: an interval
+    that began before the backlog formed would read a pace far below the threads' and refuse newcomers."""
+    drain = DrainRate(min_interval_s=0.5)
+    # Given a server idle for a second (a sample then, none taken), whose backlog forms just now
+    drain.observe(QueueSample(0, 0, 100.0))
+    drain.restart(QueueSample(0, 2, 101.0))  # the last arrival that found a thread free
+    # When its threads take 60 requests in the next 0.6 s
+    rate = drain.observe(QueueSample(5, 62, 101.6))
+    # Then the pace is theirs: 100 a second, not 62 over 1.6 s
+    assert rate == pytest.approx(100.0)

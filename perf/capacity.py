@@ -309,7 +309,7 @@ def summary(info: dict[str, Any], args: argparse.Namespace, env: dict[str, str],
                          f"step, then {args.bisect} bisection step(s); at most {args.max_steps} steps; pool of up to "
                          f"{args.pool} keep-alive connections ({args.preopen} opened first)"],
             ["pass", f"p99 <= {GOAL_P99_MS:g} ms measured from each request's due time, and every answer a valid 200"],
-            ["HTTP_PROCESSES x HTTP_THREADS", f"{args.processes} x {args.threads} (defaults 1 x 16); the echo server: "
+            ["HTTP_PROCESSES x HTTP_THREADS", f"{args.processes} x {args.threads} (defaults 1 x 64); the echo server: "
                                               f"1 process, {args.threads} threads"],
             ["worker", f"1 Celery worker process, QUEUE_WORKERS={args.workers}"],
             ["ENABLE_MICROBATCH / BATCH_SIZE / BATCH_TIMEOUT_MS",

@@ -356,7 +356,7 @@ def summary(info: dict[str, Any], args: argparse.Namespace, source: Source, uplo
                        f"sha256 `{source_sha[:16]}...`"],
             ["upload", f"MinIO client, multipart (16 MiB parts) to BUCKET_PROCESSED on the stack's S3 server "
                        f"({info['s3_server']}), {upload_s:.1f} s"],
-            ["API", f"defaults (HTTP_THREADS 16, the view's {CHUNK_BYTES // 1024} KiB chunks); no worker"],
+            ["API", f"defaults (HTTP_THREADS 64, the view's {CHUNK_BYTES // 1024} KiB chunks); no worker"],
             ["RSS", "VmRSS of the API process from /proc/<pid>/status every 50 ms; idle = median over "
                     f"{args.idle_s:g} s before the download"],
             ["concurrent", f"{args.concurrent} full downloads at once, read in 1 MiB pieces, sha256 checked"],

@@ -3,7 +3,7 @@
 Each user sends its next POST /predict as soon as the previous answer came (no wait): a closed loop of
 200, then 400 concurrent requests, `--run-time-s` each (120 s; 20 s with `--quick`), users spawned at
 `--spawn-rate` a second, on one stack (one Celery worker process with QUEUE_WORKERS=2, the API with its
-defaults: HTTP_THREADS 16, micro-batching on, QUEUE_MAXSIZE 512); the queue is left to empty between
+defaults: HTTP_THREADS 64, micro-batching on, QUEUE_MAXSIZE 512); the queue is left to empty between
 the runs. The bare-waitress echo baseline (`perf.loadgen`, closed loop over 64 connections, as in the
 `http` scenario) runs first on the same machine, for the ratios.
 

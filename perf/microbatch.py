@@ -288,7 +288,7 @@ def summary(info: dict[str, Any], args: argparse.Namespace, env: dict[str, str],
              + " keep-alive connections, closed loop"],
             ["duration", f"{args.duration_s:g} s per run, figures over {args.duration_s - args.warmup_s:g} s "
                          f"(first {args.warmup_s:g} s left out)"],
-            ["HTTP_PROCESSES x HTTP_THREADS", f"{args.processes} x {args.threads} (defaults 1 x 16): API processes "
+            ["HTTP_PROCESSES x HTTP_THREADS", f"{args.processes} x {args.threads} (defaults 1 x 64): API processes "
                                               "on the port, request threads in each"],
             ["worker", f"1 Celery worker process, QUEUE_WORKERS={args.workers}"],
             ["BATCH_SIZE / BATCH_TIMEOUT_MS", f"{env.get('BATCH_SIZE', '32')} / {env.get('BATCH_TIMEOUT_MS', '25')} "

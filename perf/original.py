@@ -3,7 +3,7 @@
 `OriginalUser` (perf/locustfile.py, FastHttpUser): 200 users spawned at 50 a second for 60 s, each
 choosing its next task 0-100 ms after the previous answer: 80 % POST /predict, 10 % GET /healthz, 10 %
 GET /download_processed/demo/features.parquet. The stack: one Celery worker process with
-QUEUE_WORKERS=2 and the API with its defaults (HTTP_THREADS 16, micro-batching on, QUEUE_MAXSIZE 512).
+QUEUE_WORKERS=2 and the API with its defaults (HTTP_THREADS 64, micro-batching on, QUEUE_MAXSIZE 512).
 The bare-waitress echo baseline (`perf.loadgen`, closed loop over 64 connections, as in the `http`
 scenario) runs first on the same machine, for the throughput ratio. Beside Locust, two light clients
 of their own probe /healthz (a fresh connection each time) and /predict: the same run seen without

@@ -90,7 +90,10 @@ class Gateway:
         # for seconds without the store being down, so they get a longer read timeout than the models.
         self.downloads = ObjectStore(settings, timeout_s=30.0)
         self.draining = False
-        self.batcher = MicroBatcher(self._send_batch, size=settings.batch_size,
+        # A batch holds a request thread per row while it gathers: half the threads at most, so a small
+        # HTTP_THREADS still leaves threads to read the next rows instead of stalling the batch's timeout.
+        size = min(settings.batch_size, max(1, settings.http_threads // 2))
+        self.batcher = MicroBatcher(self._send_batch, size=size,
                                     timeout_ms=settings.batch_timeout_ms) if settings.enable_microbatch else None
 
     def start(self) -> Gateway:

@@ -9,9 +9,10 @@ from tasks.logs import configure_logging
 from tasks.startup import announce, require_services
 from webapp import create_app
 from webapp.errors import shedder
+from webapp.http import require_tested_waitress
+from webapp.http.prefork import Supervisor, is_copy
+from webapp.http.serve import serve
 from webapp.parsing import backlog_deadline
-from webapp.prefork import Supervisor, is_copy
-from webapp.server import serve
 
 log = logging.getLogger("webapp")
 
@@ -24,6 +25,7 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 def main() -> int:
+    require_tested_waitress()
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     settings = load_settings()
     if settings.http_processes > 1 and not is_copy():

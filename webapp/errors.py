@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 from tasks.errors import InferenceError
 from tasks.logs import LogBudget, log_event
 from tasks.metrics import ADMISSION
-from webapp.server import Refusal
+from webapp.http.serve import Refusal
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def count_rejected(depth: int, maxsize: int, **fields: Any) -> None:
 
 
 def shedder(maxsize: int) -> Callable[[int, int], Refusal]:
-    """The answer to a request refused at the HTTP backlog bound (webapp/server.py), given (requests
+    """The answer to a request refused at the HTTP backlog bound (webapp/admission.py), given (requests
     waiting, Retry-After seconds): 429 with the contract's body and an integer Retry-After. Written by
     the server's I/O thread straight after reading the request: no WSGI environ, no Flask."""
 

@@ -5,7 +5,7 @@
     errors.py     the bridge's error types
     consumer.py   kafka-python wrapped: our exceptions, the group's consumer, producer and topics
     payload.py    a value as a JSON object, and the field checks claims and model records share (pure, total)
-    claims.py     a record becomes a Claim or a ClaimRejected with its DLQ code
+    claim.py      a record becomes a Claim or a ClaimRejected with its DLQ code
     offsets.py    per partition, the offset that is safe to commit (pure)
     flow.py       pause/resume hysteresis over the in-flight count (pure)
     dispatch.py   claims to Celery tasks and their results back, through one collector thread

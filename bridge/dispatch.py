@@ -16,9 +16,9 @@ from typing import Any
 from celery import Celery
 from kafka import TopicPartition
 
-from bridge.claims import Claim
+from bridge.claim import Claim
 from bridge.models import Training
-from tasks.celery_app import CLAIM_TASK
+from tasks.celery_config import CLAIM_TASK
 from tasks.deadline import expires_at
 from tasks.results import Outcome, ResultCollector
 

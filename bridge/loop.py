@@ -30,7 +30,7 @@ import redis
 from kafka import TopicPartition
 
 from bridge import dispatch
-from bridge.claims import Claim, parse_claim, parse_key, task_id
+from bridge.claim import Claim, parse_claim, parse_key, task_id
 from bridge.consumer import GroupConsumer
 from bridge.deadletter import DeadLettered, DeadLetters, dlq_producer
 from bridge.dispatch import Dispatcher, InFlight, Record, ResultArrived, failure_code
@@ -42,7 +42,7 @@ from bridge.offsets import OffsetTracker
 from bridge.rebalance import Assigned, Rebalance, Revoked, labelled, names
 from settings import Settings
 from tasks import heartbeat, metrics
-from tasks.celery_app import create_celery
+from tasks.celery_config import create_celery
 from tasks.logs import log_event, now_ms
 from tasks.model_store import ModelStore, Pointer
 from tasks.queues import QueueProbe

@@ -20,7 +20,7 @@ import redis
 from celery import signals
 
 from tasks import metrics, worker_metrics
-from tasks.celery_app import PREDICT_BATCH_TASK, InferenceCelery
+from tasks.celery_config import PREDICT_BATCH_TASK, InferenceCelery
 from tasks.deadline import DeadlineTask
 from tasks.heartbeat import Heartbeat
 from tasks.logs import configure_logging, log_event

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from tasks.logs import now_ms
-from tasks.queues import DrainRate, QueueSample, retry_after_s
+from tasks.queues import CompletionRate, QueueSample, retry_after_s
 
 # A request is refused when it would spend more than this share of its deadline waiting for a thread:
 # the rest is for the queue, the worker and the answer.
@@ -57,7 +57,7 @@ class BacklogPolicy:
         self.max_wait_ms = max_wait_ms
         self.deadline_of = deadline_of
         self.waited = BacklogWait()
-        self.pace = DrainRate()  # requests the threads take per second
+        self.pace = CompletionRate()  # requests the threads take per second
 
     def arrived(self, waiting: int, now_s: float) -> None:
         """A request found `waiting` others queued for a thread (at monotonic time `now_s`)."""

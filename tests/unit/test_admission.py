@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tasks.logs import now_ms
-from tasks.queues import DrainRate, QueueSample
+from tasks.queues import CompletionRate, QueueSample
 from webapp.admission import BacklogPolicy
 
 THREADS = 2
@@ -101,7 +101,7 @@ def test_retry_after_is_the_backlog_beyond_the_bound_over_the_pace() -> None:
 def test_the_pace_is_measured_only_while_requests_wait() -> None:
     """Takes counted while the backlog was empty are the pace of arrivals, not of the threads: an interval
     that began before the backlog formed would read a pace far below the threads' and refuse newcomers."""
-    drain = DrainRate(min_interval_s=0.5)
+    drain = CompletionRate(min_interval_s=0.5)
     # Given a server idle for a second (a sample then, none taken), whose backlog forms just now
     drain.observe(QueueSample(0, 0, 100.0))
     drain.restart(QueueSample(0, 2, 101.0))  # the last arrival that found a thread free

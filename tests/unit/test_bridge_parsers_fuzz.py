@@ -16,7 +16,7 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from bridge.claims import _CLAIM_ID, MAX_DEADLINE_MS, Claim, parse_claim, parse_deadline, parse_key, parse_value
+from bridge.claim import _CLAIM_ID, MAX_DEADLINE_MS, Claim, parse_claim, parse_deadline, parse_key, parse_value
 from bridge.deadletter import dlq_headers
 from bridge.dispatch import Record
 from bridge.errors import ClaimRejected

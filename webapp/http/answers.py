@@ -28,7 +28,7 @@ class MarkedTask(WSGITask):
         super().service()
 
     def execute(self) -> None:
-        verdict = getattr(self.request, "shed", None)
+        verdict = getattr(self.request, "refused", None)
         if verdict is None:
             super().execute()
             return

@@ -77,7 +77,7 @@ class ProbeFirstDispatcher(ThreadedTaskDispatcher):
             waiting = len(self.queue)
             self.policy.arrived(waiting, time.monotonic())
             if inline and self.policy.refuses(request.path, request.headers, request.arrived_ms, waiting):
-                request.shed = (waiting, self.policy.retry_after_s(waiting))
+                request.refused = (waiting, self.policy.retry_after_s(waiting))
                 task.serve_inline = True
             else:
                 request.queued_at = time.monotonic()

@@ -81,16 +81,16 @@ class _Closing:
 
 
 def serve(app: Any, settings: Settings, on_drain: Callable[[], None],
-          shed: Callable[[int, int], Refusal] | None = None, deadline_of: DeadlineOf | None = None) -> int:
+          refusal: Callable[[int, int], Refusal] | None = None, deadline_of: DeadlineOf | None = None) -> int:
     """Run the server in this (main) thread until SIGTERM/SIGINT, then drain and return 0; return 1 at
     once if a listening socket closes outside a drain (a process that stays up without accepting
-    connections would never be restarted by its supervisor). `shed`, given (requests waiting,
+    connections would never be restarted by its supervisor). `refusal`, given (requests waiting,
     Retry-After seconds), answers (status, headers, body) for the requests refused in the backlog:
     QUEUE_MAXSIZE requests waiting for a thread, or a wait longer than HTTP_BACKLOG_WAIT_MS or
     QUEUE_WAIT_SHARE of the request's deadline (which `deadline_of` computes)."""
     counted = ActiveRequests(app)
     # With several processes on the port each bounds its own backlog: together they hold QUEUE_MAXSIZE.
-    max_waiting = -(-settings.queue_maxsize // settings.http_processes) if settings.use_bounded_queue and shed else 0
+    max_waiting = -(-settings.queue_maxsize // settings.http_processes) if settings.use_bounded_queue and refusal else 0
     dispatcher = ProbeFirstDispatcher(BacklogPolicy(settings.http_threads, max_waiting=max_waiting,
                                                     max_wait_ms=settings.http_backlog_wait_ms, deadline_of=deadline_of))
     if settings.http_processes > 1:  # one of several copies on the port (webapp/http/prefork.py)
@@ -114,7 +114,7 @@ def serve(app: Any, settings: Settings, on_drain: Callable[[], None],
         _dispatcher=dispatcher,
     )
     server.channel_class = QuietChannel
-    server.refusal = shed
+    server.refusal = refusal
     stopping = threading.Event()
 
     def _stop(signum: int, _frame: Any) -> None:

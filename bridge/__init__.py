@@ -11,7 +11,11 @@
     dispatch.py   claims to Celery tasks and their results back, through one collector thread
     deadletter.py the DLQ producer
     models.py     model-selected and model-training records: parsed (pure), then promoted or dispatched
+    work.py       a record as the work its topic asks for (pure)
     rebalance.py  the rebalance listener: commit_async on revoke, changes handed to the poll loop
+    assignment.py what the poll loop does with a revoke or an assignment
+    redelivery.py claims whose results may never come, sent again (Redis restarted, worker lost, overdue)
+    commits.py    the commit step: safe offsets, at most once a second
     loop.py       the poll loop that ties them together; only it touches the consumer
     http.py       /metrics, /healthz, /readyz
     lag.py        committed offset, end offset and lag per partition: `python -m bridge.lag`, and the

@@ -1,8 +1,9 @@
 """Claims to Celery tasks on the bulk lane, and their results back to the poll thread.
 
-Every result is collected by ONE `ResultCollector` thread (batched MGETs, keys deleted once read, no
-pub/sub subscription per task) and handed to the poll thread through `events`, a queue: the poll thread
-alone touches the consumer and the offset tracker.
+Every result is collected by ONE `ResultCollector` thread (batched MGETs, no pub/sub subscription per task)
+and handed to the poll thread through `events`, a queue: the poll thread alone touches the consumer and the
+offset tracker. Result keys are left in Redis, to expire after `result_expires`: task ids are deterministic,
+and after a rebalance another bridge may be waiting on the same ones.
 """
 
 from __future__ import annotations

@@ -70,13 +70,10 @@ class Bridge:
         self.events: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.redis = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
         self.celery = create_celery(settings, main="bridge")
-        self.collector = ResultCollector(redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2,
-                                                              socket_timeout=5),
-                                         self.celery.backend, interval_s=dispatch.COLLECT_INTERVAL_S,
-                                         # Task ids are deterministic (<topic>:<partition>:<offset>): after
-                                         # a rebalance, the previous owner may still be draining the same
-                                         # ids. Leave result keys for whoever else waits on them; they
-                                         # expire after `result_expires`.
+        # Result keys are left for another bridge that may wait on the same deterministic task ids after a
+        # rebalance; they expire after `result_expires`.
+        collector_redis = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+        self.collector = ResultCollector(collector_redis, self.celery.backend, interval_s=dispatch.COLLECT_INTERVAL_S,
                                          delete_after_read=False)
         self.dispatcher = Dispatcher(self.celery, self.collector, settings.celery_batch_queue, self.events,
                                      honour_deadlines=settings.enable_ttl)

@@ -1,4 +1,4 @@
-"""A Kafka record becomes a `Claim`, or a `ClaimRejected` carrying its DLQ code (CONTRACT.md).
+"""A Kafka record becomes a `Claim`, or a `ClaimRejected` carrying its DLQ code (docs/interface.md).
 
 Value: UTF-8 JSON `{"claim_id": str, "bucket": str, "object_key": str, "model_version": str?}`, where the
 bucket and key must be ones the object store client accepts (bridge.payload). Header `deadline_ms` (keys

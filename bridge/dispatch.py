@@ -32,7 +32,7 @@ MAX_ATTEMPTS = 3
 # it. Bulk work does not need the API's 2 ms, and every poll is an MGET of up to QUEUE_MAXSIZE keys.
 COLLECT_INTERVAL_S = 0.02
 
-# CONTRACT.md's codes; anything else (a model that could not be loaded, a bug) is `task_failed`.
+# docs/interface.md's codes; anything else (a model that could not be loaded, a bug) is `task_failed`.
 DLQ_CODES = {"object_missing", "schema_mismatch", "storage_unavailable"}
 _BY_CLASS = {"ObjectMissing": "object_missing", "SchemaMismatch": "schema_mismatch",
              "StorageUnavailable": "storage_unavailable"}

@@ -34,7 +34,7 @@ RECORD_OUTCOMES = ("enqueued", "completed", "expired", "dead_lettered", "requeue
 TRANSITIONS = ("pause", "resume")
 COMMIT_OUTCOMES = ("ok", "failed")
 DLQ_ERRORS = ("invalid_json", "invalid_claim", "invalid_deadline", "object_missing", "schema_mismatch",
-              "storage_unavailable", "task_failed")  # CONTRACT.md's DLQ error codes
+              "storage_unavailable", "task_failed")  # docs/interface.md's DLQ error codes
 TASKS = (PREDICT_TASK, PREDICT_BATCH_TASK, CLAIM_TASK, TRAIN_TASK)
 TASK_STATES = ("SUCCESS", "FAILURE")  # others (RETRY, IGNORED) appear when they happen
 

@@ -112,8 +112,8 @@ class Gateway:
         return self.catalog.current
 
     def sample_queue(self) -> QueueSample:
-        """Requests waiting (queue keys, batched items, rows not yet sent) and the drain counter, at most
-        one round trip. Raises 503 when Redis is unreachable.
+        """Requests waiting (queue keys, batched items, rows not yet sent) and the completion counter, at
+        most one round trip. Raises 503 when Redis is unreachable.
 
         A sample younger than `sample_max_age_s` serves every request thread, plus what this process
         admitted since it was taken, so a busy API makes one round trip per few requests and still never
@@ -121,9 +121,8 @@ class Gateway:
         use the previous one (up to `SAMPLE_STALE_S` old) instead of waiting behind that round trip.
 
         No request thread ever waits for another here: the sample is read and replaced as one object, and
-        the refresh is claimed without blocking. (With a lock around it, 16 threads refusing requests at
-        once queued on that lock and the interpreter lock in turn, and perf `shed` saw the whole API stall
-        for 300-800 ms in half its runs.)"""
+        the refresh is claimed without blocking (a lock there, with many threads refusing at once, queues
+        them on it and on the interpreter lock in turn, and stalls the API)."""
         now = time.monotonic()
         cached = self._cached
         if cached is not None:

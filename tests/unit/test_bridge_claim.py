@@ -1,4 +1,4 @@
-"""Claim parsing, DLQ headers and failure codes: every poison record gets the code CONTRACT.md names."""
+"""Claim parsing, DLQ headers and failure codes: every poison record gets the code docs/interface.md names."""
 
 from __future__ import annotations
 

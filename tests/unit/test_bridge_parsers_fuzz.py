@@ -1,5 +1,5 @@
 """Property tests of the bridge's parsers: whatever a record holds, each returns a value or raises
-`ClaimRejected` with a CONTRACT.md code, and nothing else escapes (a stray exception stops the poll loop).
+`ClaimRejected` with a docs/interface.md code, and nothing else escapes (a stray exception stops the poll loop).
 
 Inputs: arbitrary bytes; arbitrary JSON; JSON written as raw text where json.dumps cannot go (nesting
 tens of thousands deep, numbers past Python's 4,300-digit limit, duplicate keys, lone surrogates);

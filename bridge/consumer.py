@@ -141,7 +141,7 @@ class GroupConsumer:
                 bootstrap_servers=settings.kafka_bootstrap_servers,
                 group_id=settings.kafka_group_id,
                 client_id=f"bridge-{settings.kafka_group_id}",
-                auto_offset_reset="earliest",  # a new group starts from the beginning (CONTRACT.md)
+                auto_offset_reset="earliest",  # a new group starts from the beginning (docs/interface.md)
                 enable_auto_commit=not settings.use_manual_commit,
                 max_poll_records=settings.max_poll_records,
                 fetch_max_wait_ms=settings.fetch_max_wait_ms,

@@ -1,8 +1,9 @@
 """Claims to Celery tasks on the bulk lane, and their results back to the poll thread.
 
-Every result is collected by ONE `ResultCollector` thread (batched MGETs, keys deleted once read, no
-pub/sub subscription per task) and handed to the poll thread through `events`, a queue: the poll thread
-alone touches the consumer and the offset tracker.
+Every result is collected by ONE `ResultCollector` thread (batched MGETs, no pub/sub subscription per task)
+and handed to the poll thread through `events`, a queue: the poll thread alone touches the consumer and the
+offset tracker. Result keys are left in Redis, to expire after `result_expires`: task ids are deterministic,
+and after a rebalance another bridge may be waiting on the same ones.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from typing import Any
 from celery import Celery
 from kafka import TopicPartition
 
-from bridge.claims import Claim
+from bridge.claim import Claim
 from bridge.models import Training
-from tasks.celery_app import CLAIM_TASK
+from tasks.celery_config import CLAIM_TASK
 from tasks.deadline import expires_at
 from tasks.results import Outcome, ResultCollector
 
@@ -31,7 +32,7 @@ MAX_ATTEMPTS = 3
 # it. Bulk work does not need the API's 2 ms, and every poll is an MGET of up to QUEUE_MAXSIZE keys.
 COLLECT_INTERVAL_S = 0.02
 
-# CONTRACT.md's codes; anything else (a model that could not be loaded, a bug) is `task_failed`.
+# docs/interface.md's codes; anything else (a model that could not be loaded, a bug) is `task_failed`.
 DLQ_CODES = {"object_missing", "schema_mismatch", "storage_unavailable"}
 _BY_CLASS = {"ObjectMissing": "object_missing", "SchemaMismatch": "schema_mismatch",
              "StorageUnavailable": "storage_unavailable"}

@@ -29,20 +29,23 @@ from typing import Any
 import redis
 from kafka import TopicPartition
 
-from bridge import dispatch
-from bridge.claims import Claim, parse_claim, parse_key, task_id
+from bridge import assignment, dispatch
+from bridge.claim import Claim, parse_key, task_id
+from bridge.commits import Committer
 from bridge.consumer import GroupConsumer
 from bridge.deadletter import DeadLettered, DeadLetters, dlq_producer
 from bridge.dispatch import Dispatcher, InFlight, Record, ResultArrived, failure_code
-from bridge.errors import ClaimRejected, CommitFailed, KafkaUnavailable, ServiceUnavailable
+from bridge.errors import ClaimRejected, KafkaUnavailable, ServiceUnavailable
 from bridge.flow import FlowControl, Transition
 from bridge.lag import LagMonitor
-from bridge.models import ModelRecords, Training, parse_selected, parse_training
+from bridge.models import ModelRecords, Training
 from bridge.offsets import OffsetTracker
-from bridge.rebalance import Assigned, Rebalance, Revoked, labelled, names
+from bridge.rebalance import Assigned, Rebalance, Revoked
+from bridge.redelivery import Redelivery
+from bridge.work import Work, parse_record
 from settings import Settings
-from tasks import heartbeat, metrics
-from tasks.celery_app import create_celery
+from tasks import metrics
+from tasks.celery_config import create_celery
 from tasks.logs import log_event, now_ms
 from tasks.model_store import ModelStore, Pointer
 from tasks.queues import QueueProbe
@@ -52,27 +55,25 @@ from tasks.storage import ObjectStore
 log = logging.getLogger(__name__)
 
 POLL_TIMEOUT_MS = 100  # how long a turn may wait for records: also how late a result is handled, at most
-COMMIT_INTERVAL_S = 1.0
 QUEUE_SAMPLE_INTERVAL_S = 0.05  # the Redis length guard is one round trip per 50 ms at most
 RETRY_WAIT_S = 1.0  # after Redis, S3 or Kafka refused an enqueue, a promotion or a DLQ write
 
-Work = Claim | Training | Pointer  # what a record asks for, by topic
-
 
 class Bridge:
+    """The bridge's poll loop and the state it owns: the group consumer, the claims in flight, the offsets
+    safe to commit, pause/resume. `run` polls until SIGTERM, then drains; `turn` is one pass of the loop's
+    steps (see the module's docstring)."""
+
     def __init__(self, settings: Settings, *, result_timeout_s: float = dispatch.RESULT_TIMEOUT_S) -> None:
         self.settings = settings
         self.result_timeout_s = result_timeout_s
         self.events: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.redis = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
         self.celery = create_celery(settings, main="bridge")
-        self.collector = ResultCollector(redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2,
-                                                              socket_timeout=5),
-                                         self.celery.backend, interval_s=dispatch.COLLECT_INTERVAL_S,
-                                         # Task ids are deterministic (<topic>:<partition>:<offset>): after
-                                         # a rebalance, the previous owner may still be draining the same
-                                         # ids. Leave result keys for whoever else waits on them; they
-                                         # expire after `result_expires`.
+        # Result keys are left for another bridge that may wait on the same deterministic task ids after a
+        # rebalance; they expire after `result_expires`.
+        collector_redis = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+        self.collector = ResultCollector(collector_redis, self.celery.backend, interval_s=dispatch.COLLECT_INTERVAL_S,
                                          delete_after_read=False)
         self.dispatcher = Dispatcher(self.celery, self.collector, settings.celery_batch_queue, self.events,
                                      honour_deadlines=settings.enable_ttl)
@@ -87,9 +88,9 @@ class Bridge:
         self.assigned: set[TopicPartition] = set()
         self.safe_offsets: dict[TopicPartition, int] = {}
         # Per revoked partition, the offset below which everything was finished at the revoke; applied to the
-        # partitions of the next assignment (`on_assigned`), then forgotten.
+        # partitions of the next assignment (assignment.assigned), then forgotten.
         self.revoked_at: dict[TopicPartition, int] = {}
-        # Partitions `on_assigned` sent back to `revoked_at` this turn: records of theirs that this turn's poll
+        # Partitions assignment.assigned sent back to `revoked_at` this turn: records of theirs that this turn's poll
         # returned may come from the old position; `take` seeks back again and leaves them.
         self.rewound: dict[TopicPartition, int] = {}
         self.consumer: GroupConsumer | None = None
@@ -98,13 +99,10 @@ class Bridge:
         self.draining = False
         self._queue_depth = 0
         self._queue_sampled = 0.0
-        self._last_commit = 0.0
-        self._last_overdue_check = 0.0
         self._retry_after = 0.0
         self._redis_failed = False
-        self._redis_run_id = ""
-        self._workers_checked = 0.0
-        self._live_workers: set[bytes] = set()
+        self.redelivery = Redelivery(self)
+        self.committer = Committer(self.tracker, manual=settings.use_manual_commit)
         self.lag = LagMonitor(settings)
         metrics.initialise(metrics.BRIDGE, settings)
         metrics.BRIDGE_MAXSIZE.set(settings.queue_maxsize)
@@ -181,8 +179,8 @@ class Bridge:
         assert self.dead_letters is not None
         self.dead_letters.resend_due()
         self.take(records, room)
-        self.watch_workers()
-        self.resend_overdue()
+        self.redelivery.watch_workers()
+        self.redelivery.resend_overdue()
         self.commit()
 
     def depth(self) -> int:
@@ -194,8 +192,7 @@ class Bridge:
                 self._redis_failed = True  # the in-flight count alone still bounds the bridge
             else:
                 if self._redis_failed:
-                    self._redis_failed = False
-                    self.check_redis_restart()
+                    self._redis_failed = not self.redelivery.redis_back()
             self._queue_sampled = now
         in_flight = self.tracker.in_flight
         metrics.BRIDGE_IN_FLIGHT.set(in_flight)
@@ -230,48 +227,9 @@ class Bridge:
             elif isinstance(event, DeadLettered):
                 self.on_dead_lettered(event)
             elif isinstance(event, Revoked):
-                self.on_revoked(event.partitions)
+                assignment.revoked(self, event.partitions)
             elif isinstance(event, Assigned):
-                self.on_assigned(event.partitions)
-
-    def on_revoked(self, partitions: set[TopicPartition]) -> None:
-        self.revoked_at.update(self.tracker.positions(partitions))
-        dropped = [entry.task_id for entry in self.in_flight.values() if entry.record.tp in partitions]
-        for task in dropped:
-            del self.in_flight[task]
-        self.dispatcher.forget(dropped)
-        self.tracker.drop(partitions)
-        if self.consumer is not None:
-            self.consumer.forget_fetched(partitions)
-        self.assigned -= partitions
-        self.lag.watch(self.assigned)
-        metrics.BRIDGE_ASSIGNED.set(len(self.assigned))
-        metrics.BRIDGE_RECORDS.labels("dropped").inc(len(dropped))
-        log_event(log, "partitions_revoked", tps=sorted(f"{tp.topic}:{tp.partition}" for tp in partitions),
-                  dropped=len(dropped))
-
-    def on_assigned(self, partitions: set[TopicPartition]) -> None:
-        assert self.consumer is not None
-        self.consumer.forget_fetched(partitions)
-        # kafka-python keeps the position of a partition assigned again (SubscriptionState.assign_from_subscribed):
-        # it would go on after the claims dropped at the revoke. Read them again from where all was finished
-        # (a claim already scored is not computed twice); records this turn's poll returned from the old
-        # position are left to that read. Everything below that offset is finished: it is committed next,
-        # even if nothing more arrives (the commit on revoke came from an older snapshot and may be lower).
-        for tp in partitions & self.revoked_at.keys():
-            offset = self.revoked_at[tp]
-            self.hold(tp, offset)
-            self.rewound[tp] = offset
-            if offset > 0:
-                self.tracker.skip(tp, offset - 1)
-        self.revoked_at.clear()
-        self.assigned |= partitions
-        self.lag.watch(self.assigned)
-        metrics.BRIDGE_ASSIGNED.set(len(self.assigned))
-        if self.flow.paused or self.draining:
-            self.consumer.pause(partitions)  # kafka-python forgets pause state on rebalance
-        log_event(log, "partitions_assigned", tps=sorted(f"{tp.topic}:{tp.partition}" for tp in partitions),
-                  paused=self.flow.paused)
+                assignment.assigned(self, event.partitions)
 
     def on_result(self, event: ResultArrived) -> None:
         entry = self.in_flight.pop(event.task_id, None)
@@ -336,7 +294,7 @@ class Bridge:
                 self.hold(tp, record.offset)
                 held.add(tp)
                 continue
-            work = self.parse(record)
+            work = parse_record(record, self.settings)
             if isinstance(work, Claim) and not self.expired(work):
                 outbox.append((record, work))
                 room -= 1
@@ -374,18 +332,6 @@ class Bridge:
             log.warning("enqueue failed: %s; retrying in %.0fs", type(error).__name__, RETRY_WAIT_S,
                         extra={"event": "queue_unavailable"})
         self._retry_after = time.monotonic() + RETRY_WAIT_S
-
-    def parse(self, record: Record) -> Work | ClaimRejected:
-        """The record as the work its topic asks for, or why it is rejected (pure: no I/O)."""
-        settings = self.settings
-        try:
-            if record.topic == settings.kafka_topic_model_selected:
-                return parse_selected(record.value)
-            if record.topic == settings.kafka_topic_model_training:
-                return parse_training(record.value)
-            return parse_claim(record.value, record.headers)
-        except ClaimRejected as rejected:
-            return rejected
 
     def expired(self, claim: Claim) -> bool:
         return self.settings.enable_ttl and claim.deadline_ms is not None and claim.deadline_ms <= now_ms()
@@ -449,105 +395,6 @@ class Bridge:
         self.tracker.start(record.tp, record.offset)
         self.dead_letters.send(record, code, message)
 
-    # -- lost results ------------------------------------------------------------------------------
-
-    def check_redis_restart(self) -> None:
-        """Redis answers again: if it is a new server (its run id changed), the queued claims and their
-        results went with the old one's memory; send everything in flight again now."""
-        try:
-            run_id = self.redis_run_id()
-        except redis.RedisError:
-            self._redis_failed = True
-            return
-        if self._redis_run_id and run_id != self._redis_run_id:
-            self.resend_all("redis_restarted")
-        self._redis_run_id = run_id
-
-    def redis_run_id(self) -> str:
-        info: dict[str, Any] = self.redis.info("server")  # type: ignore[assignment]
-        return str(info.get("run_id", ""))
-
-    def watch_workers(self) -> None:
-        """A worker node whose heartbeat went stale died with the claims it held (acks late: their messages
-        come back only after the visibility timeout): send everything in flight again now. Claims already
-        finished are skipped by the workers; those still queued run once, their copies are skipped."""
-        now = time.monotonic()
-        if now - self._workers_checked < heartbeat.INTERVAL_S:
-            return
-        self._workers_checked = now
-        try:
-            if not self._redis_run_id:
-                self._redis_run_id = self.redis_run_id()
-            scores = dict(self.redis.zrange(heartbeat.WORKERS_KEY, 0, -1, withscores=True))  # type: ignore[arg-type]
-        except redis.RedisError:
-            return
-        fresh_after = time.time() - heartbeat.STALE_S
-        live = {node for node, score in scores.items() if score >= fresh_after}
-        lost = sorted(node.decode() for node in self._live_workers - live if node in scores)
-        self._live_workers = live
-        if lost:
-            log_event(log, "worker_lost", level=logging.WARNING, nodes=lost)
-            self.resend_all("worker_lost")
-
-    def resend_all(self, reason: str) -> None:
-        """Make every claim in flight overdue, so that this turn sends it again."""
-        for entry in self.in_flight.values():
-            entry.sent_at = float("-inf")
-        self._last_overdue_check = 0.0
-        log_event(log, "claims_resent", level=logging.WARNING, reason=reason, count=len(self.in_flight))
-
-    def resend_overdue(self) -> None:
-        """A result that never came (worker lost): send the claim again under the same task id."""
-        now = time.monotonic()
-        if now - self._last_overdue_check < 1.0:
-            return
-        self._last_overdue_check = now
-        for entry in [e for e in self.in_flight.values() if now - e.sent_at > self.result_timeout_s]:
-            deadline = entry.claim.deadline_ms
-            if self.settings.enable_ttl and deadline is not None and deadline <= now_ms():
-                del self.in_flight[entry.task_id]
-                self.dispatcher.forget([entry.task_id])
-                metrics.BRIDGE_RECORDS.labels("expired").inc()
-                log_event(log, "ttl_expired", source="bridge", key=entry.claim.claim_id, task_id=entry.task_id)
-                self.finish(entry.record)
-            elif entry.attempts >= dispatch.MAX_ATTEMPTS:
-                del self.in_flight[entry.task_id]
-                self.dispatcher.forget([entry.task_id])
-                self.dead_letter(entry.record, "task_failed", f"no result after {entry.attempts} attempts")
-            else:
-                try:
-                    if isinstance(entry.claim, Claim):
-                        self.dispatcher.send_claims([(entry.task_id, entry.claim)])
-                    else:
-                        self.dispatcher.send(entry.task_id, entry.claim)
-                except Exception as error:  # noqa: BLE001 - Redis away: try again at the next check
-                    log.warning("re-enqueue failed: %s", type(error).__name__, extra={"event": "queue_unavailable"})
-                    return
-                entry.sent_at, entry.attempts = now, entry.attempts + 1
-                metrics.BRIDGE_RECORDS.labels("requeued").inc()
-                log_event(log, "claim_requeued", task_id=entry.task_id, claim_id=entry.claim.claim_id,
-                          attempt=entry.attempts)
-
-    # -- commits -----------------------------------------------------------------------------------
-
     def commit(self, *, force: bool = False) -> None:
-        """Commit every owned partition's safe offset that moved, at most once per COMMIT_INTERVAL_S."""
         assert self.consumer is not None
-        now = time.monotonic()
-        if not force and now - self._last_commit < COMMIT_INTERVAL_S:
-            return
-        self._last_commit = now
-        if not self.settings.use_manual_commit:
-            return
-        offsets = self.tracker.to_commit(self.assigned)
-        if not offsets:
-            return
-        try:
-            self.consumer.commit(offsets)
-        except (CommitFailed, KafkaUnavailable) as error:
-            metrics.BRIDGE_COMMITS.labels("failed").inc()
-            log.warning("commit failed: %s", error, extra={"event": "commit_failed"})
-            return
-        self.tracker.committed(offsets)
-        metrics.BRIDGE_COMMITS.labels("ok").inc()
-        log_event(log, "commit_offsets", tps=names(offsets), offsets=labelled(offsets))
+        self.committer.commit(self.consumer, self.assigned, force=force)

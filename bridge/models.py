@@ -27,7 +27,7 @@ import redis
 
 from bridge.errors import ClaimRejected, ServiceUnavailable
 from bridge.payload import MAX_OBJECT_KEY_BYTES, bucket_problem, json_object, object_key, text
-from tasks.celery_app import TRAIN_TASK
+from tasks.celery_config import TRAIN_TASK
 from tasks.errors import InferenceError, ModelArtifactInvalid, StorageUnavailable
 from tasks.logs import log_event
 from tasks.model_store import ModelStore, Pointer

@@ -1,6 +1,6 @@
 """A record's value as a JSON object, and the checks of the fields that claims and model records share.
 
-Pure and total: each function returns its value or raises `ClaimRejected` with a CONTRACT.md code, whatever
+Pure and total: each function returns its value or raises `ClaimRejected` with a docs/interface.md code, whatever
 it is given (no value, not bytes, not UTF-8, not JSON, nested past the interpreter's recursion limit,
 integers past Python's 4,300-digit limit, wrong types, lone surrogates, megabyte strings). Anything else
 escaping from here would stop the poll loop on one record.

@@ -5,10 +5,9 @@ The fallback where SeaweedFS does not install (its wheel is x86_64 Linux only), 
 
 `moto_server` serves every AWS service moto mocks, and works out which one each request is for: it lists
 moto's packages on disk and matches the Host header against every service's URL patterns, per request,
-under one process-wide lock. Profiled with py-spy under a burst of claims (one result object written per
-claim), that lookup took ~25 % of the server's time, and the server, one Python process, was what limited
-the drain (~250 claims/s, at ~90 % of a core). Here the same moto S3 application (`create_backend_app("s3")`)
-is served directly, by the same werkzeug server and request handler `moto_server` uses.
+under one process-wide lock: a quarter of the server's time under a burst of claims. Here the same moto S3
+application (`create_backend_app("s3")`) is served directly, by the werkzeug server and request handler
+`moto_server` uses.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks import timestamps
+from webapp.http import timestamps
 
 Validator = Callable[[int, dict[str, str], bytes, bytes], tuple[bool, str]]
 

@@ -1,7 +1,7 @@
-"""The one settings object: every variable of CONTRACT.md, parsed and validated once per process.
+"""The one settings object: every variable of docs/interface.md, parsed and validated once per process.
 
 Nothing else in the project reads the environment. Units are in the field names (`_ms`, `_s`), except
-where CONTRACT.md fixes a name without one (`INFERENCE_TIMEOUT`, `MODEL_WAIT_TIMEOUT`: seconds).
+where docs/interface.md fixes a name without one (`INFERENCE_TIMEOUT`, `MODEL_WAIT_TIMEOUT`: seconds).
 """
 
 from __future__ import annotations

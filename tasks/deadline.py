@@ -36,7 +36,7 @@ def parse_expires(value: Any) -> datetime | None:
 class DeadlineTask(Task):
     abstract = True
     # The result's repr in Celery's success log and task-succeeded event (Flower): a glimpse, not the whole
-    # batch. Celery's 1,024 characters took a tenth of a worker's CPU for a batch of predictions.
+    # batch. Celery's 1,024 characters take a tenth of a worker's CPU for a batch of predictions.
     resultrepr_maxsize = 120
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

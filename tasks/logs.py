@@ -1,4 +1,4 @@
-"""Structured logging: one JSON object a line on stderr, with the event vocabulary of CONTRACT.md.
+"""Structured logging: one JSON object a line on stderr, with the event vocabulary of docs/interface.md.
 
 Every process calls `configure_logging(service, settings)` once; code logs events with
 `log_event(logger, "queue_enqueued", depth=3, ...)`. Ids travel as fields, never inside messages.
@@ -113,7 +113,7 @@ def _stream_handler(service: str, settings: Settings) -> logging.Handler:
 
 
 def log_event(logger: logging.Logger, event: str, /, level: int = logging.INFO, **fields: Any) -> None:
-    """Log one CONTRACT.md event; the message is the event name, the fields carry the data."""
+    """Log one docs/interface.md event; the message is the event name, the fields carry the data."""
     logger.log(level, event, extra={"event": event, **fields})
 
 

@@ -20,7 +20,7 @@ from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTO
 from prometheus_client.metrics import MetricWrapperBase
 
 from settings import Settings
-from tasks.celery_app import CLAIM_TASK, PREDICT_BATCH_TASK, PREDICT_TASK, TRAIN_TASK
+from tasks.celery_config import CLAIM_TASK, PREDICT_BATCH_TASK, PREDICT_TASK, TRAIN_TASK
 
 LATENCY_BUCKETS_S = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30)
 # Queue waits reach further than request latencies: a claim may wait behind QUEUE_MAXSIZE others.
@@ -34,7 +34,7 @@ RECORD_OUTCOMES = ("enqueued", "completed", "expired", "dead_lettered", "requeue
 TRANSITIONS = ("pause", "resume")
 COMMIT_OUTCOMES = ("ok", "failed")
 DLQ_ERRORS = ("invalid_json", "invalid_claim", "invalid_deadline", "object_missing", "schema_mismatch",
-              "storage_unavailable", "task_failed")  # CONTRACT.md's DLQ error codes
+              "storage_unavailable", "task_failed")  # docs/interface.md's DLQ error codes
 TASKS = (PREDICT_TASK, PREDICT_BATCH_TASK, CLAIM_TASK, TRAIN_TASK)
 TASK_STATES = ("SUCCESS", "FAILURE")  # others (RETRY, IGNORED) appear when they happen
 

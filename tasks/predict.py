@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from celery import shared_task
 
-from tasks.celery_app import PREDICT_BATCH_TASK, PREDICT_TASK
+from tasks.celery_config import PREDICT_BATCH_TASK, PREDICT_TASK
 from tasks.deadline import DeadlineTask
 from tasks.errors import InvalidInput, UnscorableInput
 from tasks.inference import LoadedModel, check_predictions, validate_row, validate_rows

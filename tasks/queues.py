@@ -93,7 +93,7 @@ class QueueProbe:
         return self.sample().depth
 
 
-class DrainRate:
+class CompletionRate:
     """Completions per second, as an exponentially weighted moving average of the counter's slope.
 
     `alpha` 0.3 over samples at least `min_interval_s` apart follows a change in worker capacity within

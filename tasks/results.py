@@ -48,9 +48,9 @@ return 1
 
 class ResultBackend(RedisBackend):
     """Celery's Redis result backend, minus the pub/sub subscription made for every task sent, and storing a
-    result in one round trip instead of three (the read before the write, and the drain rate's counter:
-    `_STORE_SCRIPT`). Every task a worker finishes stores a result (run, failed, retried or expired), so
-    this is where a completion is counted."""
+    result in one round trip: the read before the write and the queue's completion counter go with it
+    (`_STORE_SCRIPT`). A task that stores a result (run, failed, retried or expired) is counted here; one
+    that stores none (`ignore_result`, the claims task) is counted as it finishes (tasks/worker.py)."""
 
     _store_script: Any = None
 

@@ -22,7 +22,7 @@ from sklearn.metrics import mean_absolute_error, r2_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from tasks.celery_app import TRAIN_TASK
+from tasks.celery_config import TRAIN_TASK
 from tasks.errors import InvalidInput, StorageUnavailable
 from tasks.inference import ModelInfo
 from tasks.logs import log_event

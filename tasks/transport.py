@@ -3,7 +3,7 @@
 Kombu builds a new `redis.Redis` client object for every message it publishes (`Channel._put` ->
 `conn_or_acquire` -> `_create_client`), which costs about as much CPU as the publish itself; the
 connection pool underneath is shared anyway. A `redis.Redis` client is thread-safe over its pool, so
-the channel keeps the one it made. Selected with `broker_transport` (tasks.celery_app).
+the channel keeps the one it made. Selected with `broker_transport` (tasks.celery_config).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Worker process wiring: Celery signals that install the policies of CONTRACT.md on a worker.
+"""Worker process wiring: Celery signals that install the policies of docs/interface.md on a worker.
 
 - logging: our JSON lines instead of Celery's (`setup_logging`);
 - start-up: wait for Redis and object storage, else exit non-zero with one line (`worker_init`);
@@ -20,7 +20,7 @@ import redis
 from celery import signals
 
 from tasks import metrics, worker_metrics
-from tasks.celery_app import PREDICT_BATCH_TASK, InferenceCelery
+from tasks.celery_config import PREDICT_BATCH_TASK, InferenceCelery
 from tasks.deadline import DeadlineTask
 from tasks.heartbeat import Heartbeat
 from tasks.logs import configure_logging, log_event
@@ -87,8 +87,8 @@ def install(app: InferenceCelery) -> None:
     @signals.task_revoked.connect(weak=False)
     def _revoked(sender: Any = None, request: Any = None, expired: bool = False, **_: Any) -> None:
         # Celery drops a message that expired in the queue before `task_received`: without this its batch
-        # items would count towards the depth for an hour (perf overload: a phantom 260 held the API's
-        # admission and its cache in "busy" mode to the end of the run).
+        # items would count towards the depth until their hash entry expires (an hour), holding admission
+        # and the cache's busy mode for requests that no longer exist.
         _left_queue(getattr(sender, "name", ""), request)  # `request` is the task's context here
         if expired and request is not None:
             metrics.EXPIRED.labels("queue").inc()

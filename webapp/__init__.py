@@ -5,10 +5,10 @@ from __future__ import annotations
 from flask import Flask
 
 from settings import Settings, load_settings
-from webapp.claims import claims
 from webapp.downloads import downloads
 from webapp.errors import register_error_handlers
 from webapp.gateway import Gateway
+from webapp.publish import publish
 from webapp.scrape import ScrapedMetrics
 from webapp.views import api
 
@@ -26,7 +26,7 @@ def create_app(settings: Settings | None = None, *, start: bool = True) -> Flask
     app.extensions["gateway"] = gateway
     app.extensions["metrics"] = ScrapedMetrics(gateway)
     app.register_blueprint(api)
-    app.register_blueprint(claims)
+    app.register_blueprint(publish)
     app.register_blueprint(downloads)
     register_error_handlers(app)
     if start:

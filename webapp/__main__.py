@@ -8,10 +8,11 @@ from settings import load_settings
 from tasks.logs import configure_logging
 from tasks.startup import announce, require_services
 from webapp import create_app
-from webapp.errors import shedder
+from webapp.errors import backlog_refusal
+from webapp.http import require_tested_waitress
+from webapp.http.prefork import Supervisor, is_copy
+from webapp.http.serve import serve
 from webapp.parsing import backlog_deadline
-from webapp.prefork import Supervisor, is_copy
-from webapp.server import serve
 
 log = logging.getLogger("webapp")
 
@@ -24,6 +25,7 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 def main() -> int:
+    require_tested_waitress()
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     settings = load_settings()
     if settings.http_processes > 1 and not is_copy():
@@ -46,7 +48,7 @@ def main() -> int:
     def drain() -> None:
         gateway.draining = True
 
-    code = serve(app, settings, on_drain=drain, shed=shedder(settings.queue_maxsize),
+    code = serve(app, settings, on_drain=drain, refusal=backlog_refusal(settings.queue_maxsize),
                  deadline_of=backlog_deadline(settings.admission_ttl_ms, int(settings.inference_timeout * 1000)))
     gateway.close()
     return code

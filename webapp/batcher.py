@@ -9,8 +9,8 @@ batch, which is sent when any of these holds:
 - its first row has waited `BATCH_TIMEOUT_MS`;
 - arrivals have paused: nothing arrived for QUIET_GAPS mean gaps between arrivals (at least QUIET_MIN_S), so
   more rows are unlikely soon (a few clients each waiting for their answer before sending again);
-- it is a lone request: nothing is in flight and nothing arrived for `BATCH_TIMEOUT_MS`, so waiting would
-  gather nothing and only add latency.
+- it is a lone request: no other request is inside the API (none waiting for its answer), so nobody is
+  there to share the batch, and waiting would only add latency (one client at a time, or a quiet API).
 
 There is no batching thread: the request thread whose row fills a batch sends it, and the request thread
 of a batch's first row sends it when its timeout comes or arrivals pause. A row therefore costs no
@@ -79,6 +79,7 @@ class MicroBatcher:
         self.timeout_s = timeout_ms / 1000
         self._items: list[Item] = []
         self._in_flight = 0
+        self._inside = 0  # rows submitted whose request has not had its answer yet
         self._last_arrival = float("-inf")
         self._mean_gap_s = self.timeout_s
         self._lock = threading.Lock()
@@ -93,7 +94,8 @@ class MicroBatcher:
         item = Item(row, deadline_ms, item_id)
         with self._lock:
             gap = item.at - self._last_arrival
-            lone = not self._items and not self._in_flight and gap >= self.timeout_s
+            lone = not self._inside
+            self._inside += 1
             self._mean_gap_s += GAP_WEIGHT * (min(gap, self.timeout_s) - self._mean_gap_s)
             self._last_arrival = item.at
             self._items.append(item)
@@ -106,6 +108,13 @@ class MicroBatcher:
         """The item's prediction and model version, waiting at most until its deadline; sends the open
         batch if the item is still in it when its batch timeout comes. Raises DeadlineExceeded,
         InvalidInput or the batch's failure."""
+        try:
+            return self._wait(item)
+        finally:
+            with self._lock:
+                self._inside -= 1
+
+    def _wait(self, item: Item) -> tuple[float, str]:
         flush_at = item.at + self.timeout_s
         while True:
             now = time.monotonic()

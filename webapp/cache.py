@@ -4,7 +4,7 @@ CACHE_MODE=busy (default) reads the cache only while the interactive queue is ab
 (RESUME_THRESHOLD_PCT of QUEUE_MAXSIZE), so a quiet system always computes and a busy one answers
 repeated inputs without queueing them; it writes answers (CACHE_TTL_S) once the queue is above half that
 threshold, so the cache fills as the queue climbs, and a quiet system spends nothing on it (hashing every
-row and a Redis write per batch were a tenth of the API's CPU). `always` reads and writes it for every
+row and a Redis write per batch are a tenth of a quiet API's CPU). `always` reads and writes it for every
 request; `off` never touches it. The model version in the key means a
 promotion never serves the previous version's answers. Cache errors never fail a request.
 """

@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 from tasks.errors import InferenceError
 from tasks.logs import LogBudget, log_event
 from tasks.metrics import ADMISSION
-from webapp.server import Refusal
+from webapp.http.serve import Refusal
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +52,16 @@ def count_rejected(depth: int, maxsize: int, **fields: Any) -> None:
         log_event(log, "queue_job_rejected_full", depth=depth, maxsize=maxsize, **fields)
 
 
-def shedder(maxsize: int) -> Callable[[int, int], Refusal]:
-    """The answer to a request refused at the HTTP backlog bound (webapp/server.py), given (requests
+def backlog_refusal(maxsize: int) -> Callable[[int, int], Refusal]:
+    """The answer to a request refused at the HTTP backlog bound (webapp/admission.py), given (requests
     waiting, Retry-After seconds): 429 with the contract's body and an integer Retry-After. Written by
     the server's I/O thread straight after reading the request: no WSGI environ, no Flask."""
 
-    def shed(waiting: int, retry_after: int) -> Refusal:
+    def refusal(waiting: int, retry_after: int) -> Refusal:
         count_rejected(waiting, maxsize, stage="http")
         return "429 Too Many Requests", [("Content-Type", "application/json"), ("Retry-After", str(retry_after))], _SHED_BODY
 
-    return shed
+    return refusal
 
 
 _SHED_BODY = json.dumps({"error": {"code": "queue_full",

@@ -18,7 +18,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from settings import Settings
-from tasks.celery_app import PREDICT_BATCH_TASK, PREDICT_TASK, create_celery
+from tasks.celery_config import PREDICT_BATCH_TASK, PREDICT_TASK, create_celery
 from tasks.deadline import expires_at
 from tasks.errors import DeadlineExceeded
 from tasks.heartbeat import live_workers
@@ -26,7 +26,7 @@ from tasks.inference import ModelInfo
 from tasks.logs import LogBudget, log_event, now_ms
 from tasks.metrics import ADMISSION, DRAIN_RATE, QUEUE_DEPTH
 from tasks.model_store import ModelStore
-from tasks.queues import DrainRate, QueueProbe, QueueSample, register_batch, retry_after_s
+from tasks.queues import CompletionRate, QueueProbe, QueueSample, register_batch, retry_after_s
 from tasks.results import Outcome, ResultCollector
 from tasks.serving import PromotedModel
 from tasks.storage import ObjectStore
@@ -69,7 +69,7 @@ class Gateway:
         # Results arrive as the workers publish them (one pattern subscription), not at the next poll.
         self.collector = ResultCollector(fast_redis(settings, 1.0), self.celery.backend, subscribe=True)
         self.probe = QueueProbe(self.redis, settings.celery_queue)
-        self.drain = DrainRate()
+        self.completions = CompletionRate()
         self.sample_max_age_s = SAMPLE_MAX_AGE_S
         # The last sample, when it was taken and `_admitted` then: replaced whole, read without a lock.
         self._cached: tuple[QueueSample, float, int] | None = None
@@ -112,8 +112,8 @@ class Gateway:
         return self.catalog.current
 
     def sample_queue(self) -> QueueSample:
-        """Requests waiting (queue keys, batched items, rows not yet sent) and the drain counter, at most
-        one round trip. Raises 503 when Redis is unreachable.
+        """Requests waiting (queue keys, batched items, rows not yet sent) and the completion counter, at
+        most one round trip. Raises 503 when Redis is unreachable.
 
         A sample younger than `sample_max_age_s` serves every request thread, plus what this process
         admitted since it was taken, so a busy API makes one round trip per few requests and still never
@@ -121,9 +121,8 @@ class Gateway:
         use the previous one (up to `SAMPLE_STALE_S` old) instead of waiting behind that round trip.
 
         No request thread ever waits for another here: the sample is read and replaced as one object, and
-        the refresh is claimed without blocking. (With a lock around it, 16 threads refusing requests at
-        once queued on that lock and the interpreter lock in turn, and perf `shed` saw the whole API stall
-        for 300-800 ms in half its runs.)"""
+        the refresh is claimed without blocking (a lock there, with many threads refusing at once, queues
+        them on it and on the interpreter lock in turn, and stalls the API)."""
         now = time.monotonic()
         cached = self._cached
         if cached is not None:
@@ -144,7 +143,7 @@ class Gateway:
         if self.batcher:
             sample = QueueSample(sample.depth + self.batcher.pending, sample.completed, sample.at)
         self._cached = (sample, now, admitted)
-        rate = self.drain.observe(sample)
+        rate = self.completions.observe(sample)
         QUEUE_DEPTH.labels(self.settings.celery_queue).set(sample.depth)
         DRAIN_RATE.labels(self.settings.celery_queue).set(rate)
         return sample
@@ -179,7 +178,7 @@ class Gateway:
         settings = self.settings
         if settings.use_bounded_queue and sample.depth >= settings.queue_maxsize:
             count_rejected(sample.depth, settings.queue_maxsize)
-            wait = retry_after_s(sample.depth - settings.queue_maxsize + 1, self.drain.rate)
+            wait = retry_after_s(sample.depth - settings.queue_maxsize + 1, self.completions.rate)
             raise ApiError(429, "queue_full", "Too many requests are queued; retry later.", {"Retry-After": str(wait)})
 
     def admit(self) -> QueueSample:

@@ -14,9 +14,9 @@ from functools import lru_cache
 from typing import Any
 
 from tasks.names import BUCKET_PATTERN, OBJECT_KEY_PATTERN
-from webapp.claims import MAX_COUNT, MAX_KEY_CHARS, MAX_TTL_MS
 from webapp.downloads import MAX_KEY_BYTES
 from webapp.parsing import DEADLINE_HEADER, TIMEOUT_HEADER
+from webapp.publish import MAX_COUNT, MAX_KEY_CHARS, MAX_TTL_MS
 
 # The largest finite double: JSON has no NaN or Infinity, and a number beyond this overflows to infinity.
 MAX_DOUBLE = 1.7976931348623157e308

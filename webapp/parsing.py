@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -109,18 +109,18 @@ def parse_deadline(headers: Headers, now_ms: int, default_ttl_ms: int) -> int:
 class _CgiHeaders:
     """waitress's parsed headers (`X_REQUEST_TIMEOUT_MS`) read by HTTP name (`X-Request-Timeout-Ms`)."""
 
-    def __init__(self, headers: dict[str, str]) -> None:
+    def __init__(self, headers: Mapping[str, str]) -> None:
         self.headers = headers
 
     def get(self, name: str) -> str | None:
         return self.headers.get(name.upper().replace("-", "_"))
 
 
-def backlog_deadline(default_ttl_ms: int, inference_timeout_ms: int) -> Callable[[dict[str, str], int], int]:
+def backlog_deadline(default_ttl_ms: int, inference_timeout_ms: int) -> Callable[[Mapping[str, str], int], int]:
     """The deadline of a request still in the server's backlog (headers as waitress parsed them), as the
     view will compute it; raises ApiError for a malformed deadline header (the view answers it 400)."""
 
-    def deadline(headers: dict[str, str], arrived_ms: int) -> int:
+    def deadline(headers: Mapping[str, str], arrived_ms: int) -> int:
         ms = parse_deadline(_CgiHeaders(headers), arrived_ms, default_ttl_ms)
         return min(ms, arrived_ms + inference_timeout_ms)
 

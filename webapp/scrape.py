@@ -18,7 +18,7 @@ import redis
 from prometheus_client import generate_latest
 
 from tasks import metrics
-from tasks.queues import DrainRate, QueueProbe, unacknowledged
+from tasks.queues import CompletionRate, QueueProbe, unacknowledged
 from webapp.gateway import Gateway
 
 
@@ -31,7 +31,7 @@ class ScrapedMetrics:
         self.interactive = settings.celery_queue
         self.probes = {lane: QueueProbe(gateway.redis, lane) for lane in (settings.celery_queue, settings.celery_batch_queue)}
         # Admission keeps the interactive lane's rate; the bulk lane's is measured here, scrape to scrape.
-        self.rates = {settings.celery_queue: gateway.drain, settings.celery_batch_queue: DrainRate()}
+        self.rates = {settings.celery_queue: gateway.completions, settings.celery_batch_queue: CompletionRate()}
 
     def render(self) -> bytes:
         self.refresh()

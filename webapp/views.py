@@ -14,9 +14,9 @@ from tasks.logs import log_event, now_ms
 from tasks.metrics import ADMISSION, EXPIRED, REQUEST_LATENCY
 from webapp.errors import ApiError
 from webapp.gateway import Gateway
+from webapp.http import ARRIVED_KEY
 from webapp.openapi import openapi_document
 from webapp.parsing import parse_deadline, parse_json, parse_predict
-from webapp.server import ARRIVED_KEY
 
 api = Blueprint("api", __name__)
 log = logging.getLogger(__name__)

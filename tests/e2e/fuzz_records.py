@@ -8,7 +8,7 @@ random bytes, nesting 50,000 deep, 5,000-digit numbers, wrong types, 100 KiB str
 past, future and malformed.
 
 Expected outcomes: `computed` (a result object claims/<claim_id>.json), `expired` (logged ttl_expired,
-never computed), or `dlq` with the CONTRACT.md code the kind determines.
+never computed), or `dlq` with the docs/interface.md code the kind determines.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import requests
 from devtools.processes import ManagedProcess, start_api, start_worker
 from devtools.services import free_port, start_redis
 from settings import Settings
-from tasks.celery_app import PREDICT_BATCH_TASK, create_celery
+from tasks.celery_config import PREDICT_BATCH_TASK, create_celery
 from tasks.queues import QueueProbe, register_batch
 
 ROW = [50.0, 49.0, 48.5, 47.0, 45.0, 52.0, 51.0, 0.5, 0.86]

@@ -29,7 +29,7 @@ import urllib3
 from devtools.processes import ManagedProcess, start_api, start_worker
 from devtools.services import Service, free_port
 from settings import Settings
-from tasks.celery_app import PREDICT_TASK, InferenceCelery, create_celery
+from tasks.celery_config import PREDICT_TASK, InferenceCelery, create_celery
 from tasks.demo_model import SAMPLE_KEY
 from tests.e2e.bridge_support import (
     bridge_env,

@@ -31,7 +31,7 @@ from kafka import KafkaAdminClient
 from devtools.processes import ManagedProcess, start_api, start_worker
 from devtools.services import Service, free_port, start_kafka, start_redis, start_s3, tansu_s3_env
 from settings import Settings
-from tasks.celery_app import CLAIM_TASK, create_celery
+from tasks.celery_config import CLAIM_TASK, create_celery
 from tasks.demo_model import FEATURES, SAMPLE_KEY, publish_demo
 from tasks.storage import ObjectStore
 from tests.e2e.bridge_support import (

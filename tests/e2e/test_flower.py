@@ -1,4 +1,4 @@
-"""Flower, as CONTRACT.md runs it (`celery -A tasks flower`), behind basic auth when FLOWER_BASIC_AUTH is set.
+"""Flower, as docs/interface.md runs it (`celery -A tasks flower`), behind basic auth when FLOWER_BASIC_AUTH is set.
 
 Every page, every API call and /metrics need the credentials; /healthcheck alone stays open (it answers
 "OK" and nothing else, and container health checks call it without credentials)."""

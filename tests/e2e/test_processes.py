@@ -1,4 +1,4 @@
-"""Several API processes on one port (HTTP_PROCESSES=2, webapp/prefork.py), as real processes over the
+"""Several API processes on one port (HTTP_PROCESSES=2, webapp/http/prefork.py), as real processes over the
 test Redis and S3 with a real worker: both copies serve, /metrics on the port adds up what both did, a
 copy that dies is replaced while the other keeps answering, and SIGTERM drains both and exits 0."""
 

@@ -30,7 +30,7 @@ def test_a_full_queue_is_shed_with_a_numeric_retry_after(base_settings: Settings
     # Given a bound of 5, five queued messages and workers that completed 10 since the last sample
     gateway = Gateway(base_settings.model_copy(update={"queue_maxsize": 5}))
     redis_client.lpush("inference", *range(5))
-    gateway.drain.min_interval_s = 0.0
+    gateway.completions.min_interval_s = 0.0
     gateway.sample_max_age_s = 0.0  # every call samples Redis
     redis_client.set(completed_key("inference"), 0)
     with pytest.raises(ApiError) as first:

@@ -19,8 +19,8 @@ from celery.result import AsyncResult
 import tasks.runtime
 from devtools.services import free_port
 from settings import Settings
-from tasks.celery_app import InferenceCelery, create_celery
-from tasks.claims import SchemaMismatch, result_key, score_claims
+from tasks.celery_config import InferenceCelery, create_celery
+from tasks.claim_scoring import SchemaMismatch, result_key, score_claims
 from tasks.demo_model import FEATURES, SAMPLE_KEY, SAMPLE_ROWS
 from tasks.errors import ModelUnavailable, ObjectMissing, StorageUnavailable
 from tasks.storage import ObjectStore

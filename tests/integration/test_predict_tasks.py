@@ -9,7 +9,7 @@ import pytest
 
 from settings import Settings
 from tasks import metrics
-from tasks.celery_app import create_celery
+from tasks.celery_config import create_celery
 from tasks.logs import now_ms
 
 ROW = [50.0, 49.0, 48.5, 47.0, 45.0, 52.0, 51.0, 0.5, 0.86]

@@ -7,7 +7,7 @@ import redis
 from celery import states
 
 from settings import Settings
-from tasks.celery_app import create_celery
+from tasks.celery_config import create_celery
 from tasks.results import ResultCollector, store_many
 
 # Both ways of hearing about results: polling the keys, and the pattern subscription (with its safety poll).

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from settings import Settings
-from tasks.celery_app import create_celery
+from tasks.celery_config import create_celery
 from tasks.model_store import ModelStore
 from tasks.storage import ObjectStore
 

@@ -1,4 +1,4 @@
-"""The server's main loop takes every connection waiting to be accepted in one turn (webapp/server.py
+"""The server's main loop takes every connection waiting to be accepted in one turn (webapp/http/loop.py
 `EventLoop`), not one per turn as waitress's loop does, so a burst of new connections does not leave
 requests unread for seconds."""
 
@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import pytest
 from waitress.server import create_server
 
-from webapp.server import ACCEPT_PER_TURN, EventLoop, QuietChannel
+from webapp.http.channel import QuietChannel
+from webapp.http.loop import ACCEPT_PER_TURN, EventLoop
 
 
 def app(_environ: dict[str, object], start_response: object) -> list[bytes]:  # never called: nothing is sent

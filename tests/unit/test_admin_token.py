@@ -103,7 +103,7 @@ def test_the_comparison_is_constant_time(monkeypatch: pytest.MonkeyPatch, client
         compared.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(hmac, "compare_digest", recording)  # the module webapp.claims calls it through
+    monkeypatch.setattr(hmac, "compare_digest", recording)  # the module webapp.publish calls it through
     # When a short wrong token, a long wrong token and the right one are sent
     for token in ("x", "y" * 500, TOKEN):
         client.post("/publish_inference_claims", json=INVALID_BODY, headers={"Authorization": f"Bearer {token}"})

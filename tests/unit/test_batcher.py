@@ -100,14 +100,24 @@ def test_requests_close_together_gather_and_flush_at_the_size(workers: Workers, 
     assert [a.result(timeout=2)[0] for a in answers[:3]] == [0.0, 1.0, 2.0]
 
 
-def test_requests_close_together_are_batched_even_with_nothing_in_flight(workers: Workers, waiting: Waiting) -> None:
+def test_one_client_at_a_time_is_never_held(workers: Workers, waiting: Waiting) -> None:
+    subject = batcher(size=10, timeout_ms=10_000, workers=workers)
+    # Given requests one after the other, each sent when the previous one has its answer
+    for index in range(3):
+        answer = waiting(subject, subject.submit([float(index)], later(), f"r{index}"))
+        # Then each goes at once (nobody else is inside the API to share a batch with), long before its 10 s timeout
+        workers.wait_batches(index + 1, timeout_s=5)
+        workers.complete(index)
+        assert answer.result(timeout=5) == (0.0, "v1")
+
+
+def test_a_request_arriving_while_another_is_inside_waits_for_company(workers: Workers, waiting: Waiting) -> None:
     subject = batcher(size=2, timeout_ms=10_000, workers=workers)
-    waiting(subject, subject.submit([1.0], later(), "lone"))
+    waiting(subject, subject.submit([1.0], later(), "first"))
     workers.wait_batches(1)
-    workers.complete(0)
-    # When two more arrive within the timeout of the first, with the first batch answered
+    # When another arrives while the first still waits for its answer
     waiting(subject, subject.submit([2.0], later(), "a"))
-    assert len(workers.batches) == 1  # held: another may follow
+    assert len(workers.batches) == 1  # held: others may follow
     waiting(subject, subject.submit([3.0], later(), "b"))
     workers.wait_batches(2)
     assert [item.id for item in workers.batches[1][1]] == ["a", "b"]

@@ -1,5 +1,5 @@
 """Property tests of the bridge's parsers: whatever a record holds, each returns a value or raises
-`ClaimRejected` with a CONTRACT.md code, and nothing else escapes (a stray exception stops the poll loop).
+`ClaimRejected` with a docs/interface.md code, and nothing else escapes (a stray exception stops the poll loop).
 
 Inputs: arbitrary bytes; arbitrary JSON; JSON written as raw text where json.dumps cannot go (nesting
 tens of thousands deep, numbers past Python's 4,300-digit limit, duplicate keys, lone surrogates);
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from bridge.claims import _CLAIM_ID, MAX_DEADLINE_MS, Claim, parse_claim, parse_deadline, parse_key, parse_value
+from bridge.claim import _CLAIM_ID, MAX_DEADLINE_MS, Claim, parse_claim, parse_deadline, parse_key, parse_value
 from bridge.deadletter import dlq_headers
 from bridge.dispatch import Record
 from bridge.errors import ClaimRejected

@@ -15,7 +15,9 @@ import pytest
 from waitress.server import create_server
 
 from devtools.services import free_port
-from webapp.server import EventLoop, QuietChannel, keep_listening
+from webapp.http.channel import QuietChannel
+from webapp.http.loop import EventLoop
+from webapp.http.serve import keep_listening
 
 
 def app(_environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -77,7 +79,7 @@ _CLOSE_THE_LISTENER = textwrap.dedent("""
     import threading, time
     from waitress import wasyncore
     from settings import Settings
-    from webapp import server
+    from webapp.http import serve as server
 
     made = []
     real_create_server = server.create_server

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
-from bridge.claims import parse_claim
+from bridge.claim import parse_claim
 from bridge.dispatch import DLQ_CODES
 from bridge.errors import ClaimRejected
 from settings import Settings

@@ -11,8 +11,8 @@ from openapi_spec_validator import validate
 
 from settings import Settings
 from webapp import create_app
-from webapp.claims import MAX_COUNT
 from webapp.openapi import openapi_document
+from webapp.publish import MAX_COUNT
 
 # Flask answers these for every route; the document leaves them implicit.
 IMPLICIT = {"HEAD", "OPTIONS"}

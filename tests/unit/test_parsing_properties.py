@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from webapp.claims import MAX_COUNT, MAX_KEY_CHARS, MAX_TTL_MS, ClaimsRequest, parse_claims
 from webapp.errors import ApiError
 from webapp.parsing import DEADLINE_HEADER, TIMEOUT_HEADER, PredictRequest, backlog_deadline, parse_deadline, parse_json, parse_predict
+from webapp.publish import MAX_COUNT, MAX_KEY_CHARS, MAX_TTL_MS, ClaimsRequest, parse_claims
 
 pytestmark = pytest.mark.fuzz
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tasks.queues import DrainRate, QueueSample, queue_keys, retry_after_s
+from tasks.queues import CompletionRate, QueueSample, queue_keys, retry_after_s
 
 
 def test_queue_keys_cover_every_priority_sub_queue() -> None:
@@ -19,7 +19,7 @@ def test_retry_after_is_depth_over_drain_rate_rounded_up_and_capped(depth: int, 
 
 
 def test_drain_rate_follows_the_completion_counter() -> None:
-    rate = DrainRate(alpha=0.5, min_interval_s=0.5)
+    rate = CompletionRate(alpha=0.5, min_interval_s=0.5)
     assert rate.observe(QueueSample(0, 0, at=0.0)) == 0.0
     assert rate.observe(QueueSample(0, 100, at=1.0)) == pytest.approx(100.0)
     assert rate.observe(QueueSample(0, 150, at=1.2)) == pytest.approx(100.0)  # too soon: unchanged
@@ -28,7 +28,7 @@ def test_drain_rate_follows_the_completion_counter() -> None:
 
 
 def test_an_idle_gap_is_not_read_as_a_slow_drain() -> None:
-    rate = DrainRate(alpha=0.5, min_interval_s=0.5, max_interval_s=2.0)
+    rate = CompletionRate(alpha=0.5, min_interval_s=0.5, max_interval_s=2.0)
     rate.observe(QueueSample(0, 0, at=0.0))
     assert rate.observe(QueueSample(0, 100, at=1.0)) == pytest.approx(100.0)
     # Nobody asked for a minute, then a burst: 5 completions over 60 s is not the drain rate
@@ -37,13 +37,13 @@ def test_an_idle_gap_is_not_read_as_a_slow_drain() -> None:
 
 
 def test_drain_rate_before_any_interval_is_zero_so_nothing_is_refused_on_it() -> None:
-    rate = DrainRate(min_interval_s=0.5)
+    rate = CompletionRate(min_interval_s=0.5)
     rate.observe(QueueSample(0, 3, at=0.0))
     assert rate.observe(QueueSample(0, 4, at=30.0)) == 0.0
 
 
 def test_drain_rate_survives_a_counter_reset() -> None:
-    rate = DrainRate(min_interval_s=0.1)
+    rate = CompletionRate(min_interval_s=0.1)
     rate.observe(QueueSample(0, 500, at=0.0))
     rate.observe(QueueSample(0, 10, at=1.0))
     assert rate.observe(QueueSample(0, 60, at=2.0)) == pytest.approx(50.0)

@@ -1,4 +1,4 @@
-"""Settings: defaults from CONTRACT.md, strict parsing, one clear line naming a bad variable."""
+"""Settings: defaults from docs/interface.md, strict parsing, one clear line naming a bad variable."""
 
 import pytest
 

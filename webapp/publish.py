@@ -30,7 +30,7 @@ from webapp.parsing import decode_json
 
 log = logging.getLogger(__name__)
 
-claims = Blueprint("claims", __name__)
+publish = Blueprint("publish", __name__)
 
 # Limits of one request (README, /openapi.json): claims published per call, their TTL, and the length of
 # the object key named in each, in characters: 256 of them are at most 1,024 bytes of UTF-8 (S3's limit).
@@ -163,7 +163,7 @@ def _name(body: dict[str, Any], name: str, default: str | None, problem_of: Call
     return value
 
 
-@claims.post("/publish_inference_claims")
+@publish.post("/publish_inference_claims")
 def publish_inference_claims() -> tuple[Response, int]:
     settings: Settings = current_app.extensions["gateway"].settings
     if not settings.enable_test_endpoints:

@@ -1,4 +1,4 @@
-"""A Kafka record becomes a `Claim`, or a `ClaimRejected` carrying its DLQ code (CONTRACT.md).
+"""A Kafka record becomes a `Claim`, or a `ClaimRejected` carrying its DLQ code (docs/interface.md).
 
 Value: UTF-8 JSON `{"claim_id": str, "bucket": str, "object_key": str, "model_version": str?}`, where the
 bucket and key must be ones the object store client accepts (bridge.payload). Header `deadline_ms` (keys
@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from bridge.errors import ClaimRejected
 from bridge.payload import bucket, json_object, key_text, object_key, optional_text
-from tasks.celery_app import CLAIM_TASK
+from tasks.celery_config import CLAIM_TASK
 
 DEADLINE_HEADER = "deadline_ms"
 # 9999-12-31T23:59:59.999Z: the latest deadline a datetime, and so Celery's `expires`, can carry.

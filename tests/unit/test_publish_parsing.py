@@ -2,8 +2,8 @@
 
 import pytest
 
-from webapp.claims import MAX_COUNT, MAX_KEY_CHARS, MAX_TTL_MS, ClaimsRequest, parse_claims
 from webapp.errors import ApiError
+from webapp.publish import MAX_COUNT, MAX_KEY_CHARS, MAX_TTL_MS, ClaimsRequest, parse_claims
 
 BUCKET = "processed-data"
 

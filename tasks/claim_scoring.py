@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from celery import shared_task, states
 from celery.exceptions import TaskRevokedError
 
-from tasks.celery_app import CLAIM_TASK
+from tasks.celery_config import CLAIM_TASK
 from tasks.deadline import DeadlineTask
 from tasks.errors import InferenceError, InvalidInput, ModelUnavailable, ObjectMissing, StorageUnavailable
 from tasks.inference import LoadedModel

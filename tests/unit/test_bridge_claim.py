@@ -1,4 +1,4 @@
-"""Claim parsing, DLQ headers and failure codes: every poison record gets the code CONTRACT.md names."""
+"""Claim parsing, DLQ headers and failure codes: every poison record gets the code docs/interface.md names."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from bridge.claims import Claim, parse_claim, parse_key, task_id
+from bridge.claim import Claim, parse_claim, parse_key, task_id
 from bridge.deadletter import dlq_headers
 from bridge.dispatch import Record, failure_code
 from bridge.errors import ClaimRejected
-from tasks.claims import SchemaMismatch
+from tasks.claim_scoring import SchemaMismatch
 from tasks.errors import ModelUnavailable, ObjectMissing, StorageUnavailable
 
 pytestmark = pytest.mark.unit

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from devtools.processes import ManagedProcess, start_api, start_worker
-from devtools.services import free_port
+from devtools.processes import ManagedProcess
+from tests.e2e.serving import api_with_worker
 
 N_FEATURES = 9
 ROW = [50.0, 49.0, 48.5, 47.0, 45.0, 52.0, 51.0, 0.5, 0.86]
@@ -19,11 +19,8 @@ ROW = [50.0, 49.0, 48.5, 47.0, 45.0, 52.0, 51.0, 0.5, 0.86]
 def api_process(module_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
     logs = tmp_path_factory.mktemp("api-logs")
     env = {**module_env, "MAX_INSTANCES": "50", "MAX_BODY_BYTES": "65536"}
-    worker = start_worker(env, logs, "--without-mingle", "--without-gossip")
-    server = start_api(env, logs, free_port())
-    yield server
-    server.stop()
-    worker.stop()
+    with api_with_worker(env, logs) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

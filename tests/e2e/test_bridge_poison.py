@@ -43,14 +43,22 @@ def dead_letters(kafka: str, env: dict[str, str], count: int, bridge: ManagedPro
     return wait_records(kafka, env["KAFKA_TOPIC_DLQ"], count, [bridge])
 
 
+def running_bridge(module_env: dict[str, str], kafka_service: Service,
+                   bridges: Callable[..., ManagedProcess]) -> tuple[str, dict[str, str], ManagedProcess, int]:
+    """A bridge on the suite's broker with at most 10 claims in flight: the broker's address, the bridge's
+    environment, the process and its pid (to show at the end that it is the same process)."""
+    kafka = kafka_service.address
+    env = bridge_env(module_env, kafka, maxsize=10)
+    bridge = bridges(env)
+    return kafka, env, bridge, bridge.pid
+
+
 def test_a_claim_nested_50000_deep_is_dead_lettered_and_the_bridge_goes_on(
         module_env: dict[str, str], kafka_service: Service, settings: Settings, worker: ManagedProcess,
         bridges: Callable[..., ManagedProcess]) -> None:
     # Given a running bridge
-    kafka, prefix = kafka_service.address, f"deep-{uuid.uuid4().hex[:6]}"
-    env = bridge_env(module_env, kafka, maxsize=10)
-    bridge = bridges(env)
-    pid = bridge.pid
+    kafka, env, bridge, pid = running_bridge(module_env, kafka_service, bridges)
+    prefix = f"deep-{uuid.uuid4().hex[:6]}"
     # When claims nested 50,000 deep (an array, an object) arrive, and a record with neither key nor value (which
     # kafka-python's producer refuses to write, so to the DLQ too), each followed by a valid claim
     poison = [(b"deep-array", DEEP_ARRAY, [("trace", b"t1")]), (b"deep-object", DEEP_OBJECT, []), (None, None, [])]
@@ -75,11 +83,8 @@ def test_a_model_record_nested_50000_deep_is_dead_lettered_and_the_bridge_goes_o
         topic_variable: str, module_env: dict[str, str], kafka_service: Service,
         bridges: Callable[..., ManagedProcess]) -> None:
     # Given a running bridge
-    kafka = kafka_service.address
-    env = bridge_env(module_env, kafka, maxsize=10)
+    kafka, env, bridge, pid = running_bridge(module_env, kafka_service, bridges)
     topic = env[topic_variable]
-    bridge = bridges(env)
-    pid = bridge.pid
     # When a model-topic record nested 50,000 deep arrives, then one that is not JSON at all
     ends = publish(kafka, topic, [(b"deep", DEEP_ARRAY, [("trace", b"t1")]), (b"text", b"not json", [])], partitions=1)
     # Then both are on the DLQ as invalid_json, with their original key, value and headers and the topic
@@ -106,10 +111,8 @@ def test_a_header_key_that_is_not_utf8_stalls_nothing(
         module_env: dict[str, str], kafka_service: Service, settings: Settings, worker: ManagedProcess,
         bridges: Callable[..., ManagedProcess]) -> None:
     # Given a running bridge
-    kafka, prefix = kafka_service.address, f"hkey-{uuid.uuid4().hex[:6]}"
-    env = bridge_env(module_env, kafka, maxsize=10)
-    bridge = bridges(env)
-    pid = bridge.pid
+    kafka, env, bridge, pid = running_bridge(module_env, kafka_service, bridges)
+    prefix = f"hkey-{uuid.uuid4().hex[:6]}"
     # When records arrive whose header keys are not UTF-8: valid claims, and one that is not JSON
     odd = [(NotUtf8("trace"), b"t1"), (NotUtf8("deadline_ms"), b"not a deadline")]
     valid = valid_claims(prefix, 2, settings.bucket_processed, SAMPLE_KEY, headers=odd)
@@ -127,10 +130,8 @@ def test_a_record_too_large_to_republish_whole_is_dead_lettered_without_its_valu
         module_env: dict[str, str], kafka_service: Service, settings: Settings, worker: ManagedProcess,
         bridges: Callable[..., ManagedProcess]) -> None:
     # Given a running bridge
-    kafka, prefix = kafka_service.address, f"large-{uuid.uuid4().hex[:6]}"
-    env = bridge_env(module_env, kafka, maxsize=10)
-    bridge = bridges(env)
-    pid = bridge.pid
+    kafka, env, bridge, pid = running_bridge(module_env, kafka_service, bridges)
+    prefix = f"large-{uuid.uuid4().hex[:6]}"
     # When a record that is not a claim arrives just under the producer's 1 MiB limit (the DLQ's headers
     # would take it over), then a valid claim
     value = b"x" * (1024 * 1024 - 120)  # with its key and header: 1,048,557 bytes; with the DLQ headers: 1,048,618
@@ -150,9 +151,7 @@ def test_a_model_selected_record_naming_a_missing_artifact_is_dead_lettered(
         module_env: dict[str, str], kafka_service: Service, settings: Settings, demo_model: str,
         bridges: Callable[..., ManagedProcess]) -> None:
     # Given a running bridge, and a promoted model
-    kafka = kafka_service.address
-    env = bridge_env(module_env, kafka, maxsize=10)
-    bridge = bridges(env)
+    kafka, env, bridge, _pid = running_bridge(module_env, kafka_service, bridges)
     models = ModelStore(settings, ObjectStore(settings))
     # When a model-selected record names a version whose artifact was never stored
     missing = {"model_name": MODEL_NAME, "version": "never-stored", "bucket": settings.bucket_mlflow,

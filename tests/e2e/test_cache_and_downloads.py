@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from devtools.processes import ManagedProcess, start_api, start_worker
+from devtools.processes import ManagedProcess, start_api
 from devtools.services import free_port, start_s3
 from settings import Settings
 from tasks.storage import ObjectStore
+from tests.e2e.serving import api_with_worker
 
 ROW = [50.0, 49.0, 48.5, 47.0, 45.0, 52.0, 51.0, 0.5, 0.86]
 BLOB = os.urandom(3 * 1024 * 1024 + 17)
@@ -28,11 +29,8 @@ def stack(module_env: dict[str, str], base_settings: Settings,
     store.put_bytes(base_settings.bucket_processed, "e2e/blob.bin", BLOB)
     store.put_bytes(base_settings.bucket_processed, "e2e/dir with space/ü.txt", b"hello")
     env = {**module_env, "CACHE_MODE": "always"}
-    worker = start_worker(env, logs, "--without-mingle", "--without-gossip")
-    api = start_api(env, logs, free_port())
-    yield api
-    api.stop()
-    worker.stop()
+    with api_with_worker(env, logs) as api:
+        yield api
 
 
 def test_a_repeated_input_is_served_from_the_cache(stack: ManagedProcess) -> None:

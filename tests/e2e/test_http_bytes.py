@@ -14,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from devtools.processes import ManagedProcess, start_api, start_worker
-from devtools.services import free_port
+from devtools.processes import ManagedProcess
 from tests.e2e.raw_http import assert_json_error, exchange, healthz_answers
+from tests.e2e.serving import api_with_worker
 from tests.fuzzing import scaled
 
 MAX_BODY_BYTES = 65536
@@ -29,11 +29,8 @@ PREDICT_BODY = b'{"features": ' + ROW + b"}"
 def api(module_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
     logs = tmp_path_factory.mktemp("http-bytes")
     env = {**module_env, "MAX_BODY_BYTES": str(MAX_BODY_BYTES), "HTTP_THREADS": str(THREADS)}
-    worker = start_worker(env, logs, "--without-mingle", "--without-gossip")
-    server = start_api(env, logs, free_port())
-    yield server
-    server.stop()
-    worker.stop()
+    with api_with_worker(env, logs) as server:
+        yield server
 
 
 def port_of(api: ManagedProcess) -> int:

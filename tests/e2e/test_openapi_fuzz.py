@@ -33,8 +33,9 @@ from hypothesis import settings
 from prometheus_client.parser import text_string_to_metric_families
 from schemathesis.config import SchemathesisConfig
 
-from devtools.processes import ManagedProcess, start_api, start_worker
-from devtools.services import Service, free_port
+from devtools.processes import ManagedProcess
+from devtools.services import Service
+from tests.e2e.serving import api_with_worker
 from tests.fuzzing import scaled
 
 pytestmark = pytest.mark.fuzz
@@ -61,18 +62,15 @@ def stack(module_env: dict[str, str], kafka_service: Service, tmp_path_factory: 
     logs = tmp_path_factory.mktemp("openapi-fuzz")
     env = {**module_env, "ENABLE_TEST_ENDPOINTS": "1", "ADMIN_TOKEN": TOKEN,
            "KAFKA_BOOTSTRAP_SERVERS": kafka_service.address, "KAFKA_TOPIC_CLAIMS": f"fuzz-claims-{uuid.uuid4().hex[:8]}"}
-    worker = start_worker(env, logs, "--without-mingle", "--without-gossip")
-    api = start_api(env, logs, free_port())
-    started, answered = time.monotonic(), _answered_by_the_app(api.url)
-    yield api
-    answered = _answered_by_the_app(api.url) - answered - 1  # less the scrape that counted them
-    published = sum(event["count"] for event in api.events("publish_claims_ok"))
-    print(f"\nschemathesis: {TALLY.cases} cases in {time.monotonic() - started:.1f} s; {TALLY.requests} requests sent "
-          f"through the test's session, {answered} answered by the app (probes included, /healthz not); "
-          f"{published} claims published")
-    print("\n".join(f"  {count:6d}  {what}" for what, count in sorted(TALLY.statuses.items())))
-    api.stop()
-    worker.stop()
+    with api_with_worker(env, logs) as api:
+        started, answered = time.monotonic(), _answered_by_the_app(api.url)
+        yield api
+        answered = _answered_by_the_app(api.url) - answered - 1  # less the scrape that counted them
+        published = sum(event["count"] for event in api.events("publish_claims_ok"))
+        print(f"\nschemathesis: {TALLY.cases} cases in {time.monotonic() - started:.1f} s; {TALLY.requests} requests sent "
+              f"through the test's session, {answered} answered by the app (probes included, /healthz not); "
+              f"{published} claims published")
+        print("\n".join(f"  {count:6d}  {what}" for what, count in sorted(TALLY.statuses.items())))
 
 
 def _answered_by_the_app(url: str) -> int:

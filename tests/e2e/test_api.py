@@ -130,7 +130,7 @@ def test_every_api_log_line_is_a_json_event(api: str, api_process: ManagedProces
     lines = [line for line in api_process.output().splitlines() if line.strip()]
     records = [json.loads(line) for line in lines]
     assert all({"ts", "service", "event"} <= set(record) and record["service"] == "webapp" for record in records)
-    enqueued = api_process.wait_for_event("queue_enqueued", 10)  # written by the API's log thread
+    enqueued = api_process.wait_for_event("queue_enqueued", 60)  # written by the API's log thread
     assert enqueued and all(
         isinstance(e["depth"], int) and e["bounded"] is True and e["maxsize"] == 512 for e in enqueued
     )

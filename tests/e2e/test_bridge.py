@@ -50,7 +50,7 @@ def test_burst_is_bounded_paused_resumed_and_committed(module_env: dict[str, str
         ends = publish(kafka_service.address, topic, valid_claims(prefix, count, settings.bucket_processed, SAMPLE_KEY))
         # Then every claim ends with a result object, and the committed offsets reach the ends
         wait_until(lambda: len(results(settings, prefix)) == count, 90, "every claim has a result", [bridge, worker])
-        wait_until(lambda: committed(kafka_service.address, group, topic) == ends, 20, f"commits reach {ends}", [bridge])
+        wait_until(lambda: committed(kafka_service.address, group, topic) == ends, 60, f"commits reach {ends}", [bridge])
     # And the in-flight count, logged per claim and sampled every 50 ms, never exceeded the bound
     enqueued = bridge.events("queue_enqueued")
     assert len(enqueued) == count
@@ -87,12 +87,12 @@ def test_expired_claims_are_skipped_and_generous_ones_computed(module_env: dict[
         response = requests.post(f"{api.url}/publish_inference_claims", headers={"Authorization": "Bearer tkn"},
                                  json={"count": 60, "ttl_ms": 1, "object_key": SAMPLE_KEY}, timeout=30)
         assert response.status_code == 202 and response.json() == {"published": 60, "topic": topic}
-        assert api.wait_for_event("publish_claims_ok", 10)[-1]["count"] == 60
+        assert api.wait_for_event("publish_claims_ok", 60)[-1]["count"] == 60
         # Then all are logged ttl_expired by the bridge, and their offsets are committed
         expired = lambda: {e["key"] for e in bridge.events("ttl_expired")}  # noqa: E731
         wait_until(lambda: len(expired()) == 60, 30, "60 ttl_expired", [bridge])
         assert all(e["source"] == "bridge" for e in bridge.events("ttl_expired"))
-        wait_until(lambda: sum(committed(kafka_service.address, group, topic).values()) == 60, 20,
+        wait_until(lambda: sum(committed(kafka_service.address, group, topic).values()) == 60, 60,
                    "commits past the 60 expired claims")
         # When claims with a generous TTL follow
         response = requests.post(f"{api.url}/publish_inference_claims", headers={"Authorization": "Bearer tkn"},
@@ -106,7 +106,7 @@ def test_expired_claims_are_skipped_and_generous_ones_computed(module_env: dict[
     store = ObjectStore(settings)
     wait_until(lambda: all(store.exists(settings.bucket_logs, f"claims/{c}.json") for c in fresh()), 60,
                "40 generous claims computed", [bridge, worker])
-    wait_until(lambda: sum(committed(kafka_service.address, group, topic).values()) == 100, 20, "commits reach 100")
+    wait_until(lambda: sum(committed(kafka_service.address, group, topic).values()) == 100, 60, "commits reach 100")
     computed = {e.get("claim_id") for e in worker.events("predict_inference_start")}
     assert not computed & expired()
     assert not any(store.exists(settings.bucket_logs, f"claims/{c}.json") for c in expired())
@@ -154,12 +154,12 @@ def test_poison_records_go_to_the_dlq_and_nothing_stalls(module_env: dict[str, s
         assert record.value == originals[record.key][0]  # a null value stays null
         assert headers["trace"] == b"t1" and headers["error_message"]
     lettered = lambda: {e["key"]: e["error"] for e in bridge.events("claim_dead_lettered")}  # noqa: E731
-    wait_until(lambda: len(lettered()) == len(poisons), 20, "claim_dead_lettered for every poison record", [bridge])
+    wait_until(lambda: len(lettered()) == len(poisons), 60, "claim_dead_lettered for every poison record", [bridge])
     assert lettered() == {key.decode(): code for key, code in poisons.items()}
     # And the valid claims around them are all computed, and no partition stalled
     valid = len(messages) - len(poisons)
     wait_until(lambda: len(results(settings, f"{prefix}-ok")) == valid, 60, "valid claims computed", [bridge, worker])
-    wait_until(lambda: committed(kafka_service.address, group, topic) == ends, 20, f"commits reach {ends}", [bridge])
+    wait_until(lambda: committed(kafka_service.address, group, topic) == ends, 60, f"commits reach {ends}", [bridge])
 
 
 def test_bridge_exits_non_zero_when_kafka_is_unreachable(module_env: dict[str, str], log_dir: Path) -> None:
@@ -188,22 +188,22 @@ def test_model_selected_records_switch_every_worker(module_env: dict[str, str], 
         publish(kafka_service.address, env["KAFKA_TOPIC_MODEL_TRAINING"],
                 [(None, json.dumps({"run_id": "r1", "bucket": "b", "object_key": "k"}).encode(), [])])
         # Then the bridge promotes it, and both worker processes load it without a restart
-        bridge.wait_for_event("model_selected", 30)
+        bridge.wait_for_event("model_selected", 60)
         assert models.current() == pointer
-        worker.wait_for(lambda: len([e for e in worker.events("model_loaded") if e["version"] == version]) >= 2, 30,
+        worker.wait_for(lambda: len([e for e in worker.events("model_loaded") if e["version"] == version]) >= 2, 60,
                         f"model_loaded {version} in both worker processes")
         assert bridge.events("model_training_announced")[0]["run_id"] == "r1"
         # And claims from then on are scored by the new version
         prefix = f"promo-{uuid.uuid4().hex[:6]}"
         publish(kafka_service.address, env["KAFKA_TOPIC_CLAIMS"], valid_claims(prefix, 4, settings.bucket_processed,
                                                                                SAMPLE_KEY))
-        wait_until(lambda: len(results(settings, prefix)) == 4, 30, "4 claims scored", [bridge, worker])
+        wait_until(lambda: len(results(settings, prefix)) == 4, 60, "4 claims scored", [bridge, worker])
         store = ObjectStore(settings)
         assert {json.loads(store.get_bytes(settings.bucket_logs, f"claims/{prefix}-{i}.json"))["model_version"]
                 for i in range(4)} == {version}
     finally:
         models.promote(demo)  # the rest of the session expects the demo model
-        worker.wait_for(lambda: worker.events("model_loaded")[-1]["version"] == demo.version, 30, "demo model back")
+        worker.wait_for(lambda: worker.events("model_loaded")[-1]["version"] == demo.version, 60, "demo model back")
 
 
 def test_a_training_announcement_trains_a_candidate_without_promoting_it(

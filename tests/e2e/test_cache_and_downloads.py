@@ -39,7 +39,7 @@ def test_a_repeated_input_is_served_from_the_cache(stack: ManagedProcess) -> Non
     second = requests.post(f"{stack.url}/predict", json={"features": [int(v) for v in row]}, timeout=10).json()
     assert first["cached"] is False and second["cached"] is True
     assert second["prediction"] == first["prediction"] and second["model_version"] == first["model_version"]
-    assert stack.wait_for_event("served_cached", 10)[-1]["key"].startswith(f"cache:{first['model_version']}:")
+    assert stack.wait_for_event("served_cached", 60)[-1]["key"].startswith(f"cache:{first['model_version']}:")
     batch = requests.post(f"{stack.url}/predict", json={"instances": [row, ROW]}, timeout=10).json()
     again = requests.post(f"{stack.url}/predict", json={"instances": [row, ROW]}, timeout=10).json()
     assert (batch["cached"], again["cached"]) == (False, True) and again["predictions"] == batch["predictions"]

@@ -126,7 +126,7 @@ def test_a_full_queue_sheds_with_429_and_a_retry_after(idle_api: ManagedProcess,
     assert [r.status_code for r in responses] == [429] * 20
     assert all(r.json()["error"]["code"] == "queue_full" and r.headers["Retry-After"].isdigit() for r in responses)
     assert all(r.elapsed.total_seconds() < LATE_S for r in responses)
-    rejected = idle_api.wait_for_event("queue_job_rejected_full", 10, count=20)
+    rejected = idle_api.wait_for_event("queue_job_rejected_full", 60, count=20)
     assert len(rejected) == 20 and all(e["depth"] >= 3 and e["maxsize"] == 3 for e in rejected)
     for thread in fillers:
         thread.join(10)
@@ -155,7 +155,7 @@ def test_requests_beyond_the_backlog_bound_get_429_and_the_wait_counts_against_t
         threads_free_at = time.monotonic() + hold_s
         for thread in holders:
             thread.start()
-        server.wait_for(lambda: len(server.events("queue_enqueued")) == 2, 10, "both threads taken")
+        server.wait_for(lambda: len(server.events("queue_enqueued")) == 2, 60, "both threads taken")
         # When 10 requests with a 1 s deadline arrive at once
         callers = [threading.Thread(target=call, args=("caller", 1000)) for _ in range(10)]
         for thread in callers:
@@ -176,7 +176,7 @@ def test_requests_beyond_the_backlog_bound_get_429_and_the_wait_counts_against_t
         # (10 ms below: deadlines are whole epoch milliseconds, rounded at admission)
         assert all(threads_free_at - 0.01 <= at < threads_free_at + LATE_S for at in late), (threads_free_at, late)
         assert len(server.events("queue_enqueued")) == 2
-        rejected = server.wait_for_event("queue_job_rejected_full", 10, count=6)
+        rejected = server.wait_for_event("queue_job_rejected_full", 60, count=6)
         assert all(e["stage"] == "http" and e["maxsize"] == 4 for e in rejected)
     finally:
         server.stop()

@@ -89,7 +89,7 @@ def test_each_process_serves_exactly_its_documented_metrics(module_env: dict[str
                     and "bridge_consumer_lag" in seen)
 
         wait_until(settled, 30, "claims completed, the poison record dead-lettered, offsets committed", [bridge, worker])
-        wait_until(lambda: offsets(scrape(bridge.url), "bridge_committed_offset", topic) == ends, 10,
+        wait_until(lambda: offsets(scrape(bridge.url), "bridge_committed_offset", topic) == ends, 60,
                    f"bridge_committed_offset reaches {ends}", [bridge])
         served = {metrics.API: scrape(api.url), metrics.WORKER: scrape(worker.url), metrics.BRIDGE: scrape(bridge.url)}
         lag = subprocess.run([PYTHON, "-m", "bridge.lag", "--json"], env=env, cwd=ROOT, capture_output=True, text=True,

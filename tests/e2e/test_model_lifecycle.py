@@ -130,11 +130,11 @@ def test_a_corrupt_artifact_leaves_the_old_model_serving(stack: Stack) -> None:
     # The pointer is written behind the promotion command's back, as a broken pipeline might.
     models.store.put_bytes(stack.settings.bucket_promotion, POINTER_KEY, json.dumps(bad.as_json()).encode())
     announce_promotion(redis.Redis.from_url(stack.settings.redis_url), bad)
-    stack.worker.wait_for(lambda: any(e["version"] == "v3-corrupt" for e in stack.worker.events("model_refused")), 20,
+    stack.worker.wait_for(lambda: any(e["version"] == "v3-corrupt" for e in stack.worker.events("model_refused")), 60,
                           "model_refused in the worker")
     responses = [predict(stack.api.url) for _ in range(10)]
     assert {r.status_code for r in responses} == {200}
     assert {r.json()["model_version"] for r in responses} == {serving}
-    stack.api.wait_for(lambda: any(e["version"] == "v3-corrupt" for e in stack.api.events("model_refused")), 20,
+    stack.api.wait_for(lambda: any(e["version"] == "v3-corrupt" for e in stack.api.events("model_refused")), 60,
                        "model_refused in the API")
     assert requests.get(f"{stack.api.url}/model", timeout=5).json()["version"] == serving

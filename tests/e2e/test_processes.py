@@ -110,7 +110,7 @@ def test_a_copy_that_dies_is_replaced_while_the_other_keeps_answering(
         # When one copy is killed
         os.kill(victim, signal.SIGKILL)
         # Then the supervisor logs its exit, and the other copy answers alone until a replacement is up
-        exited = api.wait_for_event("http_process_exited", timeout_s=10)[-1]
+        exited = api.wait_for_event("http_process_exited", timeout_s=60)[-1]
         while_alone = predict_for(api.url, 1, clients=2)
         # And the replacement listens on the same port
         wait_until(lambda: len(copies(api)) == PROCESSES + 1, 60, "a replacement copy listening", [api])

@@ -15,7 +15,7 @@ import numpy as np
 
 from perf.measure import PERCENTILES, Responses, latency_stats, log_events, percentile
 from perf.results import begin, cores_text, counts, figure, goals, markdown_table, ms, save, setup, style, write_csv, write_summary
-from perf.runs import RUN_HEADERS, Run, drive, echo_baseline, scenario_parser, server_env, wait_drained, warm_up
+from perf.runs import RUN_HEADERS, Run, by_quick, drive, echo_baseline, scenario_parser, server_env, wait_drained, warm_up
 from perf.stack import Stack
 
 GOAL_P99_MS = 100.0
@@ -23,20 +23,16 @@ GOAL_RATIO = 0.5
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = scenario_parser("capacity", __doc__, "4 s steps, 8 s echo run, one bisection step", threads=32, processes=2)
+    parser = scenario_parser("capacity", __doc__, "4 s steps, 8 s echo run, one bisection step", threads=32, processes=2, pool=256,
+                             preopen=32)
     parser.add_argument("--step-s", type=float, default=None, help="length of each rate step (default 8, --quick 4)")
     parser.add_argument("--echo-s", type=float, default=None, help="length of the echo run (default 20, --quick 8)")
     parser.add_argument("--start-rate", type=float, default=100.0, help="offered rate of the first step (req/s)")
     parser.add_argument("--factor", type=float, default=1.25, help="rate multiplier between steps while they hold")
     parser.add_argument("--bisect", type=int, default=None, help="bisection steps after the first miss (default 3, --quick 1)")
     parser.add_argument("--max-steps", type=int, default=24, help="bound on the number of steps")
-    parser.add_argument("--pool", type=int, default=256, help="most connections the paced client opens")
-    parser.add_argument("--preopen", type=int, default=32, help="connections opened before each step's clock starts")
     parser.add_argument("--connections", type=int, default=64, help="echo: closed-loop connections")
-    args = parser.parse_args(argv)
-    args.step_s = args.step_s or (4.0 if args.quick else 8.0)
-    args.echo_s = args.echo_s or (8.0 if args.quick else 20.0)
-    args.bisect = args.bisect if args.bisect is not None else (1 if args.quick else 3)
+    args = by_quick(parser.parse_args(argv), step_s=(8.0, 4.0), echo_s=(20.0, 8.0), bisect=(3, 1))
     if args.factor <= 1 or args.start_rate <= 0 or args.max_steps < 1:
         parser.error("--factor must be > 1, --start-rate > 0 and --max-steps >= 1")
     return args

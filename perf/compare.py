@@ -23,7 +23,7 @@ from perf.capacity import Step, Target
 from perf.measure import CpuMeter, Responses, percentile
 from perf.references import ESTIMATORS, MAX_DEPTH, predict_time_us, promoted
 from perf.results import begin, figure, goals, markdown_table, ms, save, style, write_summary
-from perf.runs import N_FEATURES, Run, drive, wait_drained, warm_up
+from perf.runs import N_FEATURES, Run, by_quick, drive, wait_drained, warm_up
 from perf.stack import Stack
 from settings import load_settings
 
@@ -48,8 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--designs: choose from {', '.join(DESIGNS)}")
     args.rates = [float(rate) for rate in args.rates.split(",")]
     args.connections = [int(count) for count in args.connections.split(",")]
-    args.rate_s = args.rate_s or (6.0 if args.quick else 15.0)
-    args.load_s = args.load_s or (6.0 if args.quick else 15.0)
+    by_quick(args, rate_s=(15.0, 6.0), load_s=(15.0, 6.0))
     args.idle_s = 3.0 if args.quick else 10.0
     args.search = capacity.parse_args([*(["--quick"] if args.quick else []), "--start-rate", str(args.start_rate)])
     return args

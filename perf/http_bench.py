@@ -26,7 +26,7 @@ from perf.results import (
     write_csv,
     write_summary,
 )
-from perf.runs import RUN_HEADERS, Run, drive, echo_baseline, probing, run_client, scenario_parser, server_env, stats_of, warm_up
+from perf.runs import RUN_HEADERS, Run, by_quick, drive, echo_baseline, probing, run_client, scenario_parser, server_env, stats_of, warm_up
 from perf.stack import Stack
 
 HEALTHZ_GOAL_P99_MS = 20.0
@@ -39,9 +39,7 @@ def parse_args(argv: list[str] | None, scenario: str = "http") -> argparse.Names
     parser.add_argument("--duration-s", type=float, default=None, help="length of each run (default 20, --quick 8)")
     parser.add_argument("--warmup-s", type=float, default=None, help="left out of the figures (default 2, --quick 1)")
     parser.add_argument("--connections", type=int, default=64)
-    args = parser.parse_args(argv)
-    args.duration_s = args.duration_s or (8.0 if args.quick else 20.0)
-    args.warmup_s = args.warmup_s if args.warmup_s is not None else (1.0 if args.quick else 2.0)
+    args = by_quick(parser.parse_args(argv), duration_s=(20.0, 8.0), warmup_s=(2.0, 1.0))
     if args.warmup_s >= args.duration_s:
         parser.error("--warmup-s must be shorter than --duration-s")
     return args

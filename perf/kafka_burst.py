@@ -23,37 +23,45 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import requests
 from kafka import KafkaAdminClient, KafkaProducer
 
 from devtools.processes import PYTHON, ManagedProcess, http_ok
 from perf.kafka_plots import plot_inflight, plot_lag, write_summary
-from perf.measure import Responses, Sampler, percentile, rss_bytes, scrape_metrics
+from perf.measure import Responses, Sampler, percentile, rss_bytes
 from perf.results import begin, write_csv
-from perf.runs import loadgen, run_client
+from perf.runs import by_quick, loadgen, run_client
 from perf.stack import Stack, cpu_list, pin
 from settings import Settings
 from tasks.demo_model import SAMPLE_KEY
 from tasks.storage import ObjectStore
 
 PARTITIONS = 4
+TTL_EVERY = 10  # every 10th claim expires 1 ms after publishing: the TTL subset
+TIMEOUT_S = 900
+PREDICT_IDLE_S = 20.0  # /predict probed idle: a p99 over ~1,500 answers
+BULK_NICE = 10  # the bulk lane's niceness with --bulk-priority nice
 SAMPLE_INTERVAL_S = 0.05
 MIB = 2**20
+_GAUGES = re.compile(r"^(bridge_claims_in_flight|bridge_consumer_paused) (\S+)$", re.MULTILINE)
+_OFFSETS = re.compile(r"^bridge_(committed_offset|end_offset|consumer_lag)\{([^}]*)\} (\S+)$", re.MULTILINE)
 _LABELS = re.compile(r'(\w+)="([^"]*)"')
+_SESSION = requests.Session()  # one kept-alive connection for the sampler's scrapes
 
 
-def bridge_sample(url: str, pid: int, topic: str) -> tuple[float, float, float, dict[int, tuple[float, float, float]]]:
-    """The bridge's in-flight gauge, paused flag, RSS (MiB), and committed offset, end offset and lag per partition."""
-    metrics = scrape_metrics(f"{url}/metrics", 1.0)
+def bridge_sample(url: str, pid: int, topic: str) -> tuple[float, float, float, dict[int, tuple[float, ...]]]:
+    """The bridge's in-flight gauge, paused flag, RSS (MiB), and committed offset, end offset and lag per partition
+    of `topic`. Read with regular expressions: a scrape every 50 ms must stay cheap."""
+    text = _SESSION.get(f"{url}/metrics", timeout=1).text
+    gauges = dict(_GAUGES.findall(text))
     offsets: dict[int, dict[str, float]] = {}
-    for key, value in metrics.items():
-        name, _, labels = key.partition("{")
+    for name, labels, value in _OFFSETS.findall(text):
         label = dict(_LABELS.findall(labels))
-        if name in ("bridge_committed_offset", "bridge_end_offset", "bridge_consumer_lag") and label.get("topic") == topic:
-            offsets.setdefault(int(label["partition"]), {})[name] = value
-    return (metrics.get("bridge_claims_in_flight", 0.0), metrics.get("bridge_consumer_paused", 0.0),
+        if label.get("topic") == topic:
+            offsets.setdefault(int(label["partition"]), {})[name] = float(value)
+    return (float(gauges.get("bridge_claims_in_flight", 0)), float(gauges.get("bridge_consumer_paused", 0)),
             round(rss_bytes(pid) / MIB, 2),
-            {p: (v.get("bridge_committed_offset", 0.0), v.get("bridge_end_offset", 0.0), v.get("bridge_consumer_lag", 0.0))
-             for p, v in sorted(offsets.items())})
+            {p: tuple(v.get(key, 0.0) for key in ("committed_offset", "end_offset", "consumer_lag")) for p, v in sorted(offsets.items())})
 
 
 def expiring(prefix: str, count: int, ttl_every: int) -> set[str]:
@@ -112,7 +120,7 @@ def run(args: argparse.Namespace, raw: Path, maxsize: int, api: bool, label: str
     # cores: beside /predict, all but the first.
     prioritised = split and args.bulk_priority != "normal"
     idle = prioritised and args.bulk_priority == "idle"
-    prefix = (["chrt", "--idle", "0"] if idle else ["nice", "-n", str(args.bulk_nice)]) if prioritised else []
+    prefix = (["chrt", "--idle", "0"] if idle else ["nice", "-n", str(BULK_NICE)]) if prioritised else []
     cpus = cpu_list(args.bulk_cpus) if split and (api or args.bulk_cpus != "auto") else set()
     cpu_names = ",".join(map(str, sorted(cpus)))
     if cpus:
@@ -124,11 +132,11 @@ def run(args: argparse.Namespace, raw: Path, maxsize: int, api: bool, label: str
         # own): the bulk lane's priority and cores for every thread of theirs.
         for service in (stack.s3.process, stack.kafka.process):
             if service is not None and (cpus or prioritised):
-                pin(service.pid, cpus, idle=idle, nice=args.bulk_nice if prioritised and not idle else 0)
+                pin(service.pid, cpus, idle=idle, nice=BULK_NICE if prioritised and not idle else 0)
         settings = Settings.model_validate({"redis_url": stack.redis_url, "s3_endpoint": stack.s3.address})
         if split:
             worker = stack.add_worker("bulk", "-Q", settings.celery_batch_queue, prefix=prefix)
-            stack.add_worker("interactive", "-Q", settings.celery_queue, f"--concurrency={args.interactive_workers}")
+            stack.add_worker("interactive", "-Q", settings.celery_queue, "--concurrency=1")
         else:
             worker = stack.add_worker("worker")
         bridge = stack.add(ManagedProcess("bridge", [*prefix, PYTHON, "-m", "bridge"], stack.env, stack.log_dir))
@@ -138,17 +146,17 @@ def run(args: argparse.Namespace, raw: Path, maxsize: int, api: bool, label: str
         if api:
             stack.start_api()
             probe = ["--path", "/predict", "--keepalive", "--interval-ms", "10"]  # the next request 10 ms after each answer
-            run_client("probe", stack.port, raw / f"predict-idle-{name}.csv", timeout_s=args.predict_idle_s + 30,
-                       args=[*probe, "--duration-s", str(args.predict_idle_s)])
+            run_client("probe", stack.port, raw / f"predict-idle-{name}.csv", timeout_s=PREDICT_IDLE_S + 30,
+                       args=[*probe, "--duration-s", str(PREDICT_IDLE_S)])
             figures.update(predict_figures(Responses.read(raw / f"predict-idle-{name}.csv"), "idle"))
         with Sampler(partial(rss_bytes, bridge.pid), 0.1) as memory:
             time.sleep(1.0)
         idle_rss = statistics.median(value / MIB for value in memory.values())
         admin = KafkaAdminClient(bootstrap_servers=stack.kafka.address)
         busy = loadgen("probe", stack.port, raw / f"predict-busy-{name}.csv", raw,
-                       [*probe, "--duration-s", str(args.timeout_s)]) if api else None
+                       [*probe, "--duration-s", str(TIMEOUT_S)]) if api else None
         prefix_id = f"b{uuid.uuid4().hex[:6]}"
-        expired = expiring(prefix_id, args.claims, args.ttl_every)
+        expired = expiring(prefix_id, args.claims, TTL_EVERY)
         commits: list[tuple[float, dict[int, int]]] = []
         final: dict[int, int] = {}
         with Sampler(partial(bridge_sample, url, bridge.pid, topic), SAMPLE_INTERVAL_S, process=True) as sampler, \
@@ -157,7 +165,7 @@ def run(args: argparse.Namespace, raw: Path, maxsize: int, api: bool, label: str
             started = time.monotonic()
             ends = publish(stack.kafka.address, topic, prefix_id, args.claims, settings.bucket_processed, expired)
             published_s = time.monotonic() - started
-            while time.monotonic() < started + args.timeout_s and final != ends:
+            while time.monotonic() < started + TIMEOUT_S and final != ends:
                 offsets = admin.list_group_offsets(group).get(group, {})
                 final = {tp.partition: mark.offset for tp, mark in offsets.items() if tp.topic == topic}
                 commits.append((time.monotonic(), final))
@@ -181,8 +189,8 @@ def run(args: argparse.Namespace, raw: Path, maxsize: int, api: bool, label: str
         return {
             "claims": args.claims, "maxsize": maxsize, "workers": workers, "partitions": PARTITIONS,
             "s3_server": stack.s3.server, "label": label, "lanes": args.lanes,
-            "bulk_nice": (args.bulk_priority if args.bulk_priority != "nice" else f"nice {args.bulk_nice}") if split else "normal",
-            "bulk_cpus": cpu_names or "any", "interactive_workers": args.interactive_workers if split else 0,
+            "bulk_nice": (args.bulk_priority if args.bulk_priority != "nice" else f"nice {BULK_NICE}") if split else "normal",
+            "bulk_cpus": cpu_names or "any", "interactive_workers": 1 if split else 0,
             "samples": len(rows),
             "sample_interval_ms_max": round(max((b[0] - a[0] for a, b in zip(rows, rows[1:], strict=False)), default=0) * 1000, 1),
             "in_flight_max": max(in_flight, default=0), "within_bound": max(in_flight, default=0) <= maxsize,
@@ -228,27 +236,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--claims", type=int, default=None, help="claims published (default 10,000; --quick 2,000)")
     parser.add_argument("--quick", action="store_true", help="2,000 claims")
     parser.add_argument("--maxsize", default="40,512", help="QUEUE_MAXSIZE, comma-separated: one burst for each")
-    parser.add_argument("--ttl-every", type=int, default=10, help="every Nth claim expires 1 ms after publishing (0: none)")
     parser.add_argument("--workers", type=int, default=None,
                         help="QUEUE_WORKERS of the bulk node (split; default: the cores less one beside /predict, every "
                              "core alone) or of the one node (shared; default 2)")
-    parser.add_argument("--timeout-s", type=float, default=900)
-    parser.add_argument("--predict-idle-s", type=float, default=20.0, help="how long /predict is probed idle")
-    parser.add_argument("--no-api", dest="api", action="store_false", help="skip the /predict measurements")
     parser.add_argument("--alone", default="512", help="QUEUE_MAXSIZE of the bursts also run without /predict traffic")
     parser.add_argument("--lanes", choices=("split", "shared"), default="split",
                         help="split: a worker node per lane; shared: one worker node serving both lanes")
     parser.add_argument("--bulk-priority", choices=("idle", "nice", "normal"), default="idle",
-                        help="CPU priority of the bulk lane (split): SCHED_IDLE, --bulk-nice, or the same as the rest")
-    parser.add_argument("--bulk-nice", type=int, default=10, help="niceness of the bulk lane with --bulk-priority nice")
+                        help="CPU priority of the bulk lane (split): SCHED_IDLE, niceness 10, or the same as the rest")
     parser.add_argument("--bulk-cpus", default="auto",
                         help="cores of the bulk lane (split): auto (beside /predict, all but the first; alone, any), all, "
                              "or a list such as 1 or 2-7")
-    parser.add_argument("--interactive-workers", type=int, default=1, help="concurrency of the interactive lane's worker")
     parser.add_argument("--label", default="", help="suffix for this run's files and column")
     args = parser.parse_args(argv)
-    args.claims = args.claims or (2_000 if args.quick else 10_000)
-    runs = [(int(size), args.api, args.label) for size in args.maxsize.split(",") if size.strip()]
+    by_quick(args, claims=(10_000, 2_000))
+    runs = [(int(size), True, args.label) for size in args.maxsize.split(",") if size.strip()]
     runs += [(int(size), False, "-".join(part for part in (args.label, "alone") if part))
              for size in args.alone.split(",") if size.strip()]
     _, out, raw = begin("kafka-burst", fresh=False)  # the day's folder gathers every run, variants included

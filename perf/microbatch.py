@@ -14,7 +14,7 @@ import numpy as np
 
 from perf.measure import PERCENTILES, log_events, log_size, percentile, scrape_metrics
 from perf.results import begin, figure, goals, markdown_table, ms, plot_percentiles, plot_statuses, save, setup, style, write_csv, write_summary
-from perf.runs import RUN_HEADERS, Run, drive, scenario_parser, server_env, warm_up
+from perf.runs import RUN_HEADERS, Run, by_quick, drive, scenario_parser, server_env, warm_up
 from perf.stack import Stack
 
 GOAL_RATIO = 3.0
@@ -27,9 +27,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup-s", type=float, default=None, help="left out of the figures (default 2, --quick 1)")
     parser.add_argument("--concurrency", default="64,256", help="comma-separated connection counts")
     parser.add_argument("--label", default="", help="results in ...-microbatch-<label>/ (a variant next to the default run)")
-    args = parser.parse_args(argv)
-    args.duration_s = args.duration_s or (8.0 if args.quick else 20.0)
-    args.warmup_s = args.warmup_s if args.warmup_s is not None else (1.0 if args.quick else 2.0)
+    args = by_quick(parser.parse_args(argv), duration_s=(20.0, 8.0), warmup_s=(2.0, 1.0))
     args.levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     if args.warmup_s >= args.duration_s:
         parser.error("--warmup-s must be shorter than --duration-s")

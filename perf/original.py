@@ -7,8 +7,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from perf.load_report import echo_ratio_text, plot_run, run_files, run_section, write_run_csvs
-from perf.locust_runs import LoadRun, flask_echo_reference, profile_args, profile_parser, profile_setup, profile_stack, run_locust
+from perf.locust_runs import (
+    LoadRun,
+    echo_ratio_text,
+    flask_echo_reference,
+    plot_run,
+    profile_args,
+    profile_parser,
+    profile_setup,
+    profile_stack,
+    run_files,
+    run_locust,
+    run_section,
+    write_run_csvs,
+)
 from perf.measure import Responses, latency_stats
 from perf.results import begin, counts, goals, markdown_table, ms, verdict, write_summary
 from perf.runs import probing

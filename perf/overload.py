@@ -14,11 +14,10 @@ from typing import Any
 import numpy as np
 
 from perf import capacity
-from perf.load_report import clip_outlier, plot_run, run_files, run_section, write_run_csvs
-from perf.locust_runs import REDIS_DEPTH, LoadRun, QueueWatch, run_locust
+from perf.locust_runs import REDIS_DEPTH, LoadRun, QueueWatch, clip_outlier, plot_run, run_files, run_locust, run_section, write_run_csvs
 from perf.measure import CpuMeter, Responses, latency_stats
 from perf.results import begin, cores_text, counts, figure, goals, markdown_table, ms, save, setup, style, verdict, write_csv, write_summary
-from perf.runs import RUN_HEADERS, Run, drive, run_client, scenario_parser, server_env, wait_drained, warm_up
+from perf.runs import RUN_HEADERS, Run, by_quick, drive, run_client, scenario_parser, server_env, wait_drained, warm_up
 from perf.stack import Stack, StackError
 
 GOODPUT_GOAL = 0.9
@@ -27,7 +26,7 @@ GRACE_S = 20.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = scenario_parser("overload", __doc__, "a 20 s overload run", threads=32, processes=2)
+    parser = scenario_parser("overload", __doc__, "a 20 s overload run", threads=32, processes=2, pool=900, preopen=64)
     parser.add_argument("--client", choices=("loadgen", "locust"), default="loadgen")
     parser.add_argument("--factor", type=float, default=3.0, help="offered rate / capacity")
     parser.add_argument("--capacity", type=float, default=0.0, help="req/s: measure no capacity, use this")
@@ -35,12 +34,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--capacity-s", type=float, default=None, help="saturation run length (default 12, --quick 8)")
     parser.add_argument("--run-time-s", type=float, default=None, help="length of the overload run (default 60, --quick 20)")
     parser.add_argument("--timeout-ms", type=int, default=1000, help="X-Request-Timeout-Ms of every request")
-    parser.add_argument("--pool", type=int, default=900, help="loadgen: most connections (the API accepts 1,000)")
-    parser.add_argument("--preopen", type=int, default=64, help="loadgen: connections opened before the clock starts")
     parser.add_argument("--user-rate", type=float, default=1.0, help="locust: requests per second per user")
-    args = parser.parse_args(argv)
-    args.run_time_s = args.run_time_s or (20.0 if args.quick else 60.0)
-    args.capacity_s = args.capacity_s or (8.0 if args.quick else 12.0)
+    args = by_quick(parser.parse_args(argv), run_time_s=(60.0, 20.0), capacity_s=(12.0, 8.0))
     if args.factor <= 0 or args.timeout_ms <= 0 or args.user_rate <= 0:
         parser.error("--factor, --timeout-ms and --user-rate must be positive")
     return args

@@ -142,10 +142,10 @@ def wait_drained(depth: Callable[[], int]) -> None:
     time.sleep(0.5)
 
 
-def scenario_parser(name: str, doc: str | None, quick: str, *, threads: int = 0, processes: int = 0,
-                    workers: int = 2) -> argparse.ArgumentParser:
-    """A scenario's options: `--quick` (what it shortens), and the stack's HTTP_THREADS, HTTP_PROCESSES and
-    QUEUE_WORKERS where the scenario sets them."""
+def scenario_parser(name: str, doc: str | None, quick: str, *, threads: int = 0, processes: int = 0, workers: int = 2,
+                    pool: int = 0, preopen: int = 0) -> argparse.ArgumentParser:
+    """A scenario's options: `--quick` (what it shortens), the stack's HTTP_THREADS, HTTP_PROCESSES and QUEUE_WORKERS
+    where the scenario sets them, and the open-loop client's pool where it uses one."""
     parser = argparse.ArgumentParser(prog=f"python -m perf --scenario {name}", description=(doc or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=quick)
     if threads:
@@ -154,7 +154,18 @@ def scenario_parser(name: str, doc: str | None, quick: str, *, threads: int = 0,
         parser.add_argument("--processes", type=int, default=processes, help="HTTP_PROCESSES: API processes on the port")
     if workers:
         parser.add_argument("--workers", type=int, default=workers, help="QUEUE_WORKERS (pool processes of the worker)")
+    if pool:
+        parser.add_argument("--pool", type=int, default=pool, help="most connections the open-loop client opens")
+        parser.add_argument("--preopen", type=int, default=preopen, help="connections opened before its clock starts")
     return parser
+
+
+def by_quick(args: argparse.Namespace, **defaults: tuple[float, float]) -> argparse.Namespace:
+    """Options left unset take their default, `name=(full run, --quick)`."""
+    for name, (full, quick) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+    return args
 
 
 def server_env(args: argparse.Namespace, **more: str) -> dict[str, str]:

@@ -13,22 +13,7 @@ from typing import Any
 import numpy as np
 
 from perf.measure import CpuMeter, Responses, latency_stats
-from perf.results import (
-    begin,
-    cores_text,
-    counts,
-    figure,
-    goals,
-    markdown_table,
-    ms,
-    plot_statuses,
-    save,
-    setup,
-    style,
-    verdict,
-    write_csv,
-    write_summary,
-)
+from perf.results import begin, cores_text, counts, figure, goals, ms, plot_statuses, save, setup, style, table, verdict, write_summary
 from perf.runs import run_client, scenario_parser
 from perf.stack import Stack
 
@@ -121,9 +106,6 @@ def main(argv: list[str] | None = None) -> int:
         phases = [measure(stack, raw, "one at a time", args.calls, 1),
                   measure(stack, raw, "concurrent", args.calls, args.threads)]
         depth_after = stack.queue_probe().depth()
-    write_csv(out / "shed_summary.csv", ["phase", "connections", "calls", "shed_ok", "p50_ms", "p95_ms", "p99_ms", "max_ms"],
-              [[p["name"], p["connections"], p["stats"]["count"], p["shed_ok"],
-                *(round(p["stats"][k], 3) for k in ("p50", "p95", "p99", "max"))] for p in phases])
     plot(out, phases, fill)
     invalid: Counter[str] = sum((p["responses"].invalid() for p in phases), Counter())
     write_summary(out, "shed: a full queue answers 429 fast", info, __doc__, [
@@ -136,13 +118,13 @@ def main(argv: list[str] | None = None) -> int:
         f"## Filling\n\n{sum(fill['statuses'].values())} filler calls in {fill['rounds']} round(s), {fill['seconds']} s; "
         f"statuses {fill['statuses']}; queue length (`tasks.queues.QueueProbe`) {fill['depth']} before the measured "
         f"calls and {depth_after} after them (429s enqueue nothing).",
-        "## Results\n\n" + markdown_table(
-            ["phase", "connections", "calls", "calls/s", "429 + queue_full + integer Retry-After", "statuses", "p50 ms",
-             "p95 ms", "p99 ms", "max ms", "Retry-After values", "cores used"],
+        "## Results\n\n" + table(out / "shed_summary.csv",
+            ["phase", "connections", "calls", "calls_per_s", "shed_ok (429, queue_full, integer Retry-After)", "statuses",
+             "p50_ms", "p95_ms", "p99_ms", "max_ms", "retry_after_values", "cores_used"],
             [[p["name"], p["connections"], p["stats"]["count"], f"{p['rate']:.0f}", f"{p['shed_ok']}/{p['stats']['count']}",
               counts(p["responses"].statuses()), *(ms(p["stats"][k]) for k in ("p50", "p95", "p99", "max")),
               counts({f"{k} s": v for k, v in p["retry_after"].items()}), cores_text(p["cores"])] for p in phases]),
         f"Invalid responses: {counts(invalid)}."],
         {"shed_latency.png": "latency per call and its distribution, per phase",
-         "shed_status.png": "status codes over time: the filler calls, then each phase", "shed_summary.csv": "the figures"})
+         "shed_status.png": "status codes over time: the filler calls, then each phase", "shed_summary.csv": "the results table"})
     return 0 if all(p["shed_ok"] == p["stats"]["count"] == args.calls for p in phases) else 1

@@ -21,7 +21,7 @@ from typing import Any, BinaryIO, cast
 import numpy as np
 
 from perf.measure import CpuMeter, Responses, Sampler, latency_stats, log_events, log_size, rss_bytes
-from perf.results import begin, cores_text, figure, goals, markdown_table, ms, save, style, table, verdict, write_csv, write_summary
+from perf.results import begin, cores_text, figure, goals, ms, save, setup, style, table, verdict, write_csv, write_summary
 from perf.runs import client_stats, loadgen, run_client
 from perf.stack import Stack, StackError, cpu_list, pin, wait_child
 from webapp.downloads import CHUNK_BYTES
@@ -31,6 +31,8 @@ TAIL_BYTES = 1234  # a partial last block: ranges near the end cross a block tha
 RSS_GOAL_MB = 50.0
 HEALTHZ_GOAL_P99_MS = 20.0
 KEY = "perf/download.bin"
+SIZE_MIB, SEED, CONCURRENT = 200, 20261126, 10
+TIMEOUT_S = 600.0  # bound on the concurrent downloads
 
 
 @dataclass
@@ -141,16 +143,16 @@ def check_ranges(port: int, source: Source) -> list[dict[str, Any]]:
 
 
 def concurrent_downloads(args: argparse.Namespace, raw: Path, stack: Stack, rig: set[int], name: str) -> dict[str, Any]:
-    """`args.concurrent` downloads at once, /healthz probed meanwhile, API RSS sampled; the S3 stand-in and this
+    """`CONCURRENT` downloads at once, /healthz probed meanwhile, API RSS sampled; the S3 stand-in and this
     process on the `rig` cores meanwhile (empty: any core)."""
-    results: list[Fetched | None] = [None] * args.concurrent
+    results: list[Fetched | None] = [None] * CONCURRENT
     threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, fetch(stack.port)), daemon=True)
-               for i in range(args.concurrent)]
+               for i in range(CONCURRENT)]
     log_start = log_size(stack.api.log_path)
     assert stack.s3.process is not None
     s3_pid = stack.s3.process.pid
     prober = loadgen("probe", stack.port, raw / f"{name}.csv", raw, ["--path", "/healthz", "--interval-ms", "20",
-                                                                    "--duration-s", str(args.timeout_s + 10)])
+                                                                    "--duration-s", str(TIMEOUT_S + 10)])
     with prober, Sampler(lambda: rss_bytes(stack.api.pid) / 1e6, 0.05) as memory:
         time.sleep(1.0)  # the prober is up and probing before the downloads start
         for pid in (s3_pid, os.getpid()):  # after the prober started: it stays on any core, as the API does
@@ -159,7 +161,7 @@ def concurrent_downloads(args: argparse.Namespace, raw: Path, stack: Stack, rig:
         for thread in threads:
             thread.start()
         for thread in threads:
-            thread.join(max(0.0, started + args.timeout_s - time.time()))
+            thread.join(max(0.0, started + TIMEOUT_S - time.time()))
         ended = time.time()
         cores, used = meter.cores_used(), resource.getrusage(resource.RUSAGE_SELF)
         cores["client (this process)"] = round((used.ru_utime + used.ru_stime - own.ru_utime - own.ru_stime)
@@ -171,7 +173,7 @@ def concurrent_downloads(args: argparse.Namespace, raw: Path, stack: Stack, rig:
             raise StackError(f"the /healthz probe exited early: see {prober.log_path}")
     wait_child(prober, name, 30)
     if any(thread.is_alive() for thread in threads):
-        raise StackError(f"downloads still running after {args.timeout_s:g}s")
+        raise StackError(f"downloads still running after {TIMEOUT_S:g}s")
     probes = Responses.read(raw / f"{name}.csv")
     probes.start_s += client_stats(prober, raw / f"{name}.csv")["t0_epoch"] - started  # on the downloads' clock
     during = probes.where((probes.start_s >= 0) & (probes.start_s <= ended - started))
@@ -188,9 +190,9 @@ def rig_label(cpus: set[int]) -> str:
 
 def plot(out: Path, idle_rss: float, single: list[tuple[float, float]], many: dict[str, Any],
          shared: dict[str, Any] | None, args: argparse.Namespace) -> None:
-    fig, (s_ax, m_ax, h_ax) = figure(3, f"download: {args.size_mib} MiB object through /download_processed", height=3.6)
+    fig, (s_ax, m_ax, h_ax) = figure(3, f"download: {SIZE_MIB} MiB object through /download_processed", height=3.6)
     for ax, samples, title in ((s_ax, single, "API RSS during one full download"),
-                               (m_ax, many["rss"], f"API RSS during {args.concurrent} concurrent downloads")):
+                               (m_ax, many["rss"], f"API RSS during {CONCURRENT} concurrent downloads")):
         ax.plot([t for t, _ in samples], [v for _, v in samples], color="tab:blue", label="API VmRSS, every 50 ms")
         ax.axhline(idle_rss, color="grey", linestyle=":", label=f"idle {idle_rss:.0f} MB")
         ax.axhline(idle_rss + RSS_GOAL_MB, color="red", linewidth=0.8, label=f"idle + {RSS_GOAL_MB:g} MB (goal)")
@@ -201,8 +203,8 @@ def plot(out: Path, idle_rss: float, single: list[tuple[float, float]], many: di
         h_ax.plot(shared["probes"].start_s, shared["probes"].latency_ms, ".", markersize=3, color="grey",
                   label=f"the same, S3 stand-in and readers on any core (no goal), downloads for {shared['seconds']:.1f} s")
     h_ax.axhline(HEALTHZ_GOAL_P99_MS, color="red", linewidth=0.8, label=f"goal p99 {HEALTHZ_GOAL_P99_MS:g} ms")
-    h_ax.axvspan(0, many["seconds"], color="tab:orange", alpha=0.1, label=f"{args.concurrent} downloads running")
-    style(h_ax, f"/healthz every 20 ms while {args.concurrent} downloads run", "seconds since the downloads started",
+    h_ax.axvspan(0, many["seconds"], color="tab:orange", alpha=0.1, label=f"{CONCURRENT} downloads running")
+    style(h_ax, f"/healthz every 20 ms while {CONCURRENT} downloads run", "seconds since the downloads started",
           "latency (ms)", log="y", below=2)  # below: the slow probes are on top
     save(fig, out / "download.png")
 
@@ -210,16 +212,12 @@ def plot(out: Path, idle_rss: float, single: list[tuple[float, float]], many: di
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m perf --scenario download", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter idle comparisons; the object and downloads stay")
-    parser.add_argument("--size-mib", type=int, default=200, help="object size in MiB (plus a partial block)")
-    parser.add_argument("--seed", type=int, default=20261126)
-    parser.add_argument("--concurrent", type=int, default=10)
-    parser.add_argument("--timeout-s", type=float, default=600.0, help="bound on the concurrent downloads")
     parser.add_argument("--rig-cpus", default="auto", help="cores of the S3 stand-in and the readers during the concurrent "
                         "downloads: auto (every core but the first), all (anywhere, and no comparison run), or a list")
     args = parser.parse_args(argv)
     idle_s, idle_probe_s = (1.0, 2.0) if args.quick else (3.0, 5.0)
     info, out, raw = begin("download")
-    source = Source(args.size_mib * MIB + TAIL_BYTES, args.seed)
+    source = Source(SIZE_MIB * MIB + TAIL_BYTES, SEED)
     rig = cpu_list(args.rig_cpus)
     with Stack(raw / "logs", workers=0) as stack:
         info["s3_server"] = stack.s3.server
@@ -240,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         ranges = check_ranges(stack.port, source)
         run_client("probe", stack.port, raw / "healthz-idle.csv", timeout_s=idle_probe_s + 30,
                    args=["--path", "/healthz", "--interval-ms", "20", "--duration-s", str(idle_probe_s)])
-        print(f"download: {args.concurrent} concurrent downloads ({rig_label(rig)}), /healthz every 20 ms", flush=True)
+        print(f"download: {CONCURRENT} concurrent downloads ({rig_label(rig)}), /healthz every 20 ms", flush=True)
         many = concurrent_downloads(args, raw, stack, rig, "healthz")
         shared = concurrent_downloads(args, raw, stack, set(), "healthz-shared") if rig else None
     idle_rss = statistics.median(idle.values())
@@ -261,36 +259,31 @@ def main(argv: list[str] | None = None) -> int:
              f"({mb / max(single.seconds, 1e-9):.0f} MB/s)", "= source", "met" if exact else "**missed**"],
             ["Range requests", f"{sum(r['ok'] for r in ranges)} of {len(ranges)} exact", "all",
              "met" if all(r["ok"] for r in ranges) else "**missed**"],
-            [f"/healthz p99 during {args.concurrent} downloads", f"{ms(hs['p99'])} ms (p50 {ms(hs['p50'])}, max "
+            [f"/healthz p99 during {CONCURRENT} downloads", f"{ms(hs['p99'])} ms (p50 {ms(hs['p50'])}, max "
              f"{ms(hs['max'])}, {hs['count']} probes, statuses {dict(many['during'].statuses())})",
              f"<= {HEALTHZ_GOAL_P99_MS:g} ms", verdict(hs["p99"], HEALTHZ_GOAL_P99_MS)],
-            [f"{args.concurrent} concurrent downloads complete and exact", f"{good} of {len(many['fetched'])} in "
-             f"{many['seconds']:.1f} s", "all", "met" if good == args.concurrent else "**missed**"]]
+            [f"{CONCURRENT} concurrent downloads complete and exact", f"{good} of {len(many['fetched'])} in "
+             f"{many['seconds']:.1f} s", "all", "met" if good == CONCURRENT else "**missed**"]]
     if shared is not None:
         sh = shared["healthz"]
-        rows.append([f"/healthz p99 during {args.concurrent} downloads, S3 stand-in and readers on any core",
+        rows.append([f"/healthz p99 during {CONCURRENT} downloads, S3 stand-in and readers on any core",
                      f"{ms(sh['p99'])} ms (p50 {ms(sh['p50'])}, max {ms(sh['max'])}, {sh['count']} probes, statuses "
                      f"{dict(shared['during'].statuses())}); downloads {sum(f.sha256 == source_sha for f in shared['fetched'])} "
-                     f"of {args.concurrent} exact in {shared['seconds']:.1f} s; cores used: {cores_text(shared['cores'])}",
+                     f"of {CONCURRENT} exact in {shared['seconds']:.1f} s; cores used: {cores_text(shared['cores'])}",
                      "none (for comparison)", ""])
-    write_summary(out, f"download: a {args.size_mib} MiB object through /download_processed", info, __doc__, [
-        "## Set-up\n\n" + markdown_table(["setting", "value"], [
-            ["object", f"{source.size:,} bytes ({args.size_mib} MiB + {TAIL_BYTES:,}), seed {source.seed}, sha256 "
-                       f"`{source_sha[:16]}...`"],
-            ["upload", f"MinIO client, multipart (16 MiB parts) to the stack's S3 server ({info['s3_server']}), {upload_s:.1f} s"],
-            ["API", f"defaults (the view's {CHUNK_BYTES // 1024} KiB chunks); no worker"],
-            ["RSS", f"VmRSS of the API process every 50 ms; idle = median over {idle_s:g} s before the download"],
-            ["cores", f"during the {args.concurrent} downloads: {rig_label(rig)} (`--rig-cpus {args.rig_cpus}`), the API "
-                      "and the /healthz prober on any core" + ("; then again with everything on any core" if shared else "")],
-            ["/healthz", f"every 20 ms on a fresh connection; {idle_probe_s:g} s alone first for comparison"]]),
+    write_summary(out, f"download: a {SIZE_MIB} MiB object through /download_processed", info, __doc__, [
+        setup(args) + f"\n\nThe object: {source.size:,} bytes ({SIZE_MIB} MiB + {TAIL_BYTES:,}), seed {SEED}, sha256 "
+        f"`{source_sha[:16]}...`, uploaded in 16 MiB parts to {info['s3_server']} in {upload_s:.1f} s; the API at its defaults "
+        f"({CHUNK_BYTES // 1024} KiB chunks), no worker; idle RSS: the median over {idle_s:g} s; during the downloads "
+        f"{rig_label(rig)}" + ("; then again with everything on any core." if shared else "."),
         goals("download", ["check", "measured", "goal", "verdict"], rows),
         f"- API RSS 0.5 s after the single download: {single_rss[-1][1] if single_rss else idle_rss:.1f} MB; peak during "
-        f"the {args.concurrent} concurrent downloads: {max((v for _, v in many['rss']), default=idle_rss):.1f} MB.\n"
+        f"the {CONCURRENT} concurrent downloads: {max((v for _, v in many['rss']), default=idle_rss):.1f} MB.\n"
         f"- /healthz with the API idle, just before: p50 {ms(idle_hs['p50'])}, p99 {ms(idle_hs['p99'])}, max "
         f"{ms(idle_hs['max'])} ms over {idle_hs['count']} probes.\n"
-        f"- Aggregate throughput of the {args.concurrent} downloads: {mb * len(many['fetched']) / max(many['seconds'], 1e-9):.0f} "
+        f"- Aggregate throughput of the {CONCURRENT} downloads: {mb * len(many['fetched']) / max(many['seconds'], 1e-9):.0f} "
         f"MB/s; cores used meanwhile: {cores_text(many['cores'])}.\n"
-        f"- Storage read timeouts the API logged during the {args.concurrent} downloads: {many['storage_timeouts']}.\n"
+        f"- Storage read timeouts the API logged during the {CONCURRENT} downloads: {many['storage_timeouts']}.\n"
         f"- RSS sampler regularity during the single download: interval median {np.median(gaps):.0f} ms, max {gaps.max():.0f} ms.",
         "### Range requests\n\n" + table(out / "download_ranges.csv", ["range", "expected", "status", "content_range", "bytes", "exact"], [
             [r["range"], r["expected"], r["status"], r["content_range"], r["bytes"], "yes" if r["ok"] else f"**no** {r['error']}"]
@@ -305,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
          "download_rss.csv, download_ranges.csv, download_concurrent.csv": "the figures"})
     runs = [run for run in (many, shared) if run]
     all_ok = sum(1 for run in runs for f in run["fetched"] if f.status == 200 and f.sha256 == source_sha)
-    broken = not exact or not all(r["ok"] for r in ranges) or all_ok != args.concurrent * len(runs)
+    broken = not exact or not all(r["ok"] for r in ranges) or all_ok != CONCURRENT * len(runs)
     return 1 if broken or any(run["probes"].invalid().total() for run in runs) else 0
 
 

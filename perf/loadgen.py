@@ -21,12 +21,15 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from perf.checks import check
 from perf.measure import percentile
 from webapp.http import timestamps
 
+HOST = "127.0.0.1"
+N_FEATURES = 9  # the demo model's and the comparison model's
 REQUEST_TIMEOUT_S = 30.0
 SWEEP_INTERVAL_S = 0.1
 
@@ -308,20 +311,20 @@ class PacedLoop(ClosedLoop):
                 "sent_late_over_5ms": sum(1 for d in self.send_delays_ms if d > 5.0), **tail("send_delay", self.send_delays_ms)}
 
 
-def probe(host: str, port: int, request: bytes, kind: str, interval_s: float, duration_s: float, keepalive: bool,
-          stop: dict[str, bool], timeout_s: float = 2.0) -> list[Record]:
+def probe(port: int, request: bytes, kind: str, interval_s: float, duration_s: float, keepalive: bool, runner: Any,
+          timeout_s: float = 2.0) -> list[Record]:
     """One request per tick; a tick missed because the previous probe was slow is skipped, not caught up."""
     records: list[Record] = []
     sock: socket.socket | None = None
     t0 = time.perf_counter()
     tick, ticks = 0, int(duration_s / interval_s) + 1
-    while tick < ticks and not stop["now"]:
+    while tick < ticks and not runner.stopped:
         time.sleep(max(0.0, t0 + tick * interval_s - time.perf_counter()))
         started = time.perf_counter()
         status, valid, detail = 0, False, ""
         try:
             if sock is None:
-                sock = socket.create_connection((host, port), timeout=timeout_s)
+                sock = socket.create_connection((HOST, port), timeout=timeout_s)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.sendall(request)
             buf = bytearray()
@@ -350,10 +353,8 @@ def probe(host: str, port: int, request: bytes, kind: str, interval_s: float, du
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m perf.loadgen", description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=("load", "probe", "paced"))
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int, required=True, help="of the server on 127.0.0.1")
     parser.add_argument("--path", default="/predict", help="/predict, /healthz or /echo: the request and its checks")
-    parser.add_argument("--n-features", type=int, default=9, help="feature count of the generated bodies")
     parser.add_argument("--header", action="append", default=[], help="extra request header, NAME:VALUE")
     parser.add_argument("--connections", type=int, default=64, help="load: connections; paced: most in the pool")
     parser.add_argument("--rate", type=float, default=100.0, help="paced: requests per second")
@@ -368,26 +369,21 @@ def main(argv: list[str] | None = None) -> int:
     kind = args.path.strip("/")
     method = "GET" if kind == "healthz" else "POST"
     headers = dict(item.split(":", 1) for item in args.header)
-    bodies = feature_bodies(args.n_features) if method == "POST" else [b""]
-    requests = [build_request(method, args.host, args.port, args.path, body, headers) for body in bodies]
-    stop = {"now": False}
-    started, started_epoch = time.perf_counter(), time.time()
-    before = resource.getrusage(resource.RUSAGE_SELF)  # the run's CPU, not the imports'
-
-    stats: dict[str, Any] = {"t0_epoch": round(started_epoch, 6)}
+    requests = [build_request(method, HOST, args.port, args.path, body, headers)
+                for body in (feature_bodies(N_FEATURES) if method == "POST" else [b""])]
+    common = (HOST, args.port, requests, kind, args.connections, args.duration_s, args.requests, args.grace_s)
+    runner: Any = (SimpleNamespace(stopped=False) if args.mode == "probe" else ClosedLoop(*common) if args.mode == "load"
+                   else PacedLoop(*common, rate=args.rate, preopen=args.preopen))
+    for signum in (signal.SIGTERM, signal.SIGINT):  # stop early, writing what was measured
+        signal.signal(signum, lambda *_: setattr(runner, "stopped", True))
+    started, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)  # the run's CPU, not the imports'
+    stats: dict[str, Any] = {"t0_epoch": round(time.time(), 6)}
     if args.mode == "probe":
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.update(now=True))
-        records = probe(args.host, args.port, requests[0], kind, args.interval_ms / 1000, args.duration_s,
-                        args.keepalive, stop)
+        records = probe(args.port, requests[0], kind, args.interval_ms / 1000, args.duration_s, args.keepalive, runner)
         stats["connects"] = len(records)
     else:
-        common = (args.host, args.port, requests, kind, args.connections, args.duration_s, args.requests, args.grace_s)
-        loop = ClosedLoop(*common) if args.mode == "load" else PacedLoop(*common, rate=args.rate, preopen=args.preopen)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: setattr(loop, "stopped", True))
-        records = loop.run()
-        stats.update(connects=loop.connects, **loop.stats())
+        records = runner.run()
+        stats.update(connects=runner.connects, **runner.stats())
     wall_s = time.perf_counter() - started
     with open(args.out, "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -395,8 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         writer.writerows([f"{r.start_s:.6f}", f"{r.latency_ms:.3f}", r.status, int(r.valid), r.detail] for r in records)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu_s = usage.ru_utime + usage.ru_stime - before.ru_utime - before.ru_stime
-    print(json.dumps({"responses": len(records), "wall_s": round(wall_s, 3), "cpu_s": round(cpu_s, 3),
-                      **stats}), flush=True)
+    print(json.dumps({"responses": len(records), "wall_s": round(wall_s, 3), "cpu_s": round(cpu_s, 3), **stats}), flush=True)
     return 0
 
 

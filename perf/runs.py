@@ -16,11 +16,11 @@ import requests
 
 from devtools.processes import PYTHON, ManagedProcess, http_ok
 from devtools.services import free_port
+from perf.loadgen import N_FEATURES
 from perf.measure import CpuMeter, Responses, latency_stats
 from perf.results import cores_text, counts, ms
 from perf.stack import StackError, child_env, wait_child
 
-N_FEATURES = 9  # the demo model's and the comparison model's
 DRAIN_WAIT_S = 15.0
 
 

@@ -23,12 +23,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import requests
 from kafka import KafkaAdminClient, KafkaProducer
 
 from devtools.processes import PYTHON, ManagedProcess, http_ok
 from perf.kafka_plots import plot_inflight, plot_lag, write_summary
-from perf.measure import Responses, Sampler, percentile, rss_bytes
+from perf.measure import Responses, Sampler, metrics_and_rss, percentile, rss_bytes
 from perf.results import begin, write_csv
 from perf.runs import by_quick, loadgen, run_client
 from perf.stack import Stack, cpu_list, pin
@@ -46,13 +45,11 @@ MIB = 2**20
 _GAUGES = re.compile(r"^(bridge_claims_in_flight|bridge_consumer_paused) (\S+)$", re.MULTILINE)
 _OFFSETS = re.compile(r"^bridge_(committed_offset|end_offset|consumer_lag)\{([^}]*)\} (\S+)$", re.MULTILINE)
 _LABELS = re.compile(r'(\w+)="([^"]*)"')
-_SESSION = requests.Session()  # one kept-alive connection for the sampler's scrapes
 
 
-def bridge_sample(url: str, pid: int, topic: str) -> tuple[float, float, float, dict[int, tuple[float, ...]]]:
-    """The bridge's in-flight gauge, paused flag, RSS (MiB), and committed offset, end offset and lag per partition
-    of `topic`. Read with regular expressions: a scrape every 50 ms must stay cheap."""
-    text = _SESSION.get(f"{url}/metrics", timeout=1).text
+def bridge_figures(text: str, topic: str) -> tuple[float, float, dict[int, tuple[float, ...]]]:
+    """The bridge's in-flight gauge, paused flag, and committed offset, end offset and lag per partition of `topic`,
+    from its /metrics text."""
     gauges = dict(_GAUGES.findall(text))
     offsets: dict[int, dict[str, float]] = {}
     for name, labels, value in _OFFSETS.findall(text):
@@ -60,7 +57,6 @@ def bridge_sample(url: str, pid: int, topic: str) -> tuple[float, float, float, 
         if label.get("topic") == topic:
             offsets.setdefault(int(label["partition"]), {})[name] = float(value)
     return (float(gauges.get("bridge_claims_in_flight", 0)), float(gauges.get("bridge_consumer_paused", 0)),
-            round(rss_bytes(pid) / MIB, 2),
             {p: tuple(v.get(key, 0.0) for key in ("committed_offset", "end_offset", "consumer_lag")) for p, v in sorted(offsets.items())})
 
 
@@ -159,7 +155,7 @@ def run(args: argparse.Namespace, raw: Path, maxsize: int, api: bool, label: str
         expired = expiring(prefix_id, args.claims, TTL_EVERY)
         commits: list[tuple[float, dict[int, int]]] = []
         final: dict[int, int] = {}
-        with Sampler(partial(bridge_sample, url, bridge.pid, topic), SAMPLE_INTERVAL_S, process=True) as sampler, \
+        with Sampler(partial(metrics_and_rss, f"{url}/metrics", bridge.pid), SAMPLE_INTERVAL_S, process=True) as sampler, \
                 (busy or contextlib.nullcontext()):
             print(f"publishing {args.claims} claims (QUEUE_MAXSIZE={maxsize}) ...", flush=True)
             started = time.monotonic()
@@ -180,7 +176,8 @@ def run(args: argparse.Namespace, raw: Path, maxsize: int, api: bool, label: str
         stored = {obj.object_name.removeprefix("claims/").removesuffix(".json") for obj in listed}
         expired_logged = {e["key"] for e in bridge.events("ttl_expired") if e.get("key") in expired}
         computed = Counter(e["claim_id"] for e in worker.events("predict_inference_start") if e.get("claim_id"))
-        rows = [(t, in_flight, paused, rss) for t, (in_flight, paused, rss, _) in sampler.samples]
+        sampled = [(t, *bridge_figures(text, topic), round(rss / MIB, 2)) for t, (text, rss) in sampler.samples]
+        rows = [(t, in_flight, paused, rss) for t, in_flight, paused, _, rss in sampled]
         flow = sorted((round(float(e["ts"]) - sampler.t0_epoch, 3), event, e.get("depth"))
                       for event in ("consumer_paused", "consumer_resumed") for e in bridge.events(event))
         in_flight = [row[1] for row in rows]
@@ -211,7 +208,7 @@ def run(args: argparse.Namespace, raw: Path, maxsize: int, api: bool, label: str
             "predict_busy_count": 0, "predict_busy_errors": 0, "predict_busy_statuses": {}, **figures,
             "api_alive_at_end": stack.api.alive() if api else None,
             "_rows": rows,
-            "_series": {"offsets": changes(sampler.samples), "flow": flow,
+            "_series": {"offsets": changes([(t, offsets) for t, _, _, offsets, _ in sampled]), "flow": flow,
                         "backlog": [(round(t - sampler.t0, 3), partition, end, done.get(partition, 0))
                                     for t, done in commits for partition, end in sorted(ends.items())],
                         "publish_started_s": round(started - sampler.t0, 3), "end_s": rows[-1][0] if rows else 0.0},
@@ -223,7 +220,7 @@ def changes(samples: list[tuple[float, Any]]) -> list[tuple[float, int, float, f
     second)."""
     last: dict[int, tuple[float, float, float]] = {}
     found = []
-    for t, (_, _, _, offsets) in samples:
+    for t, offsets in samples:
         for partition, row in offsets.items():
             if last.get(partition) != row:
                 last[partition] = row

@@ -225,14 +225,24 @@ def log_events(path: Path, event: str, since_byte: int = 0) -> list[dict[str, An
 _sessions = threading.local()  # a kept-alive connection per sampling thread: a scrape every 50 ms opens none
 
 
+def metrics_text(url: str, timeout_s: float = 2.0) -> str:
+    if not hasattr(_sessions, "session"):
+        _sessions.session = requests.Session()
+    return str(_sessions.session.get(url, timeout=timeout_s).text)
+
+
+def metrics_and_rss(url: str, pid: int) -> tuple[str, int]:
+    """Prometheus text at `url` and the RSS of process `pid`: a read cheap enough for a sample every 50 ms, parsed
+    afterwards (and light to import for a sampler process of its own)."""
+    return metrics_text(url, 1.0), rss_bytes(pid)
+
+
 def scrape_metrics(url: str, timeout_s: float = 2.0) -> dict[str, float]:
     """One scrape of Prometheus text at `url`, as {'name{label="value",...}': value} (labels sorted)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    if not hasattr(_sessions, "session"):
-        _sessions.session = requests.Session()
     values = {}
-    for family in text_string_to_metric_families(_sessions.session.get(url, timeout=timeout_s).text):
+    for family in text_string_to_metric_families(metrics_text(url, timeout_s)):
         for sample in family.samples:
             labels = ",".join(f'{key}="{value}"' for key, value in sorted(sample.labels.items()))
             values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value

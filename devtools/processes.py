@@ -29,6 +29,12 @@ class ManagedProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
 
+    def __enter__(self) -> ManagedProcess:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
     def start(self) -> ManagedProcess:
         log = open(self.log_path, "wb")  # noqa: SIM115 - the child owns it
         self.process = subprocess.Popen(self.args, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
@@ -108,21 +114,24 @@ def start_worker(env: dict[str, str], log_dir: Path, *extra: str, name: str = "w
     return worker
 
 
-def start_api(env: dict[str, str], log_dir: Path, port: int, *, ready: bool = True) -> ManagedProcess:
+def start_api(env: dict[str, str], log_dir: Path, port: int, *, ready: bool = True,
+              ready_path: str = "/readyz") -> ManagedProcess:
+    """The API on `port`, answering /healthz and (with `ready`) `ready_path` (/readyz needs a live worker)."""
     api = ManagedProcess("api", [PYTHON, "-m", "webapp"], {**env, "PORT": str(port)}, log_dir).start()
     url = api.url = f"http://127.0.0.1:{port}"
     try:
-        api.wait_for(lambda: _ok(f"{url}/healthz"), 60, "/healthz 200")
+        api.wait_for(lambda: http_ok(f"{url}/healthz"), 60, "/healthz 200")
         if ready:
-            api.wait_for(lambda: _ok(f"{url}/readyz"), 60, "/readyz 200")
+            api.wait_for(lambda: http_ok(f"{url}{ready_path}"), 60, f"{ready_path} 200")
     except BaseException:
         api.stop()
         raise
     return api
 
 
-def _ok(url: str) -> bool:
+def http_ok(url: str, status: int = 200) -> bool:
+    """GET `url` answers `status` (a server that answers at all is up: 405 for a POST-only route)."""
     try:
-        return requests.get(url, timeout=1).status_code == 200
+        return requests.get(url, timeout=1).status_code == status
     except requests.RequestException:
         return False

@@ -1,21 +1,19 @@
 """`python -m perf [--scenario NAME[,NAME...]] [--quick] [--list] [scenario options]`: run load scenarios.
 
-`make perf` runs the default set; `make perf SCENARIO=http` passes `--scenario http`. Each scenario
-is a module with `main(argv) -> int` that starts the stack it needs, writes its report to
-perf/results/<date>-<host>-<scenario>/ and stops everything it started. Options the runner does not
-know (e.g. `--duration-s 30`) are passed on to every selected scenario.
+`make perf` runs the default set; `make perf SCENARIO=http` passes `--scenario http`. Each scenario is a module
+with `main(argv) -> int` that starts the stack it needs, writes its report to perf/results/<date>-<host>-<scenario>/
+and stops everything it started. Options the runner does not know (e.g. `--duration-s 30`) go to every selected
+scenario.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 import time
 import traceback
 
-#: Scenario name -> module. A module is looked up when it runs, so one not written yet is simply absent.
 SCENARIOS = {
     "shed": "perf.shed",
     "http": "perf.http_bench",
@@ -29,16 +27,9 @@ SCENARIOS = {
     "overload": "perf.overload",
     "compare": "perf.compare",
 }
-#: What `make perf` runs, in this order; a scenario whose module does not exist yet is skipped. About 30 minutes
-#: on 2 cores; `isolated` (two 2-minute Locust runs, ~5 minutes) is left out to stay near that: name it to run it.
+#: What `make perf` runs, in this order: about 30 minutes on 2 cores. `isolated` (two 2-minute Locust runs) and
+#: `echo` (part of `http`) run when named.
 DEFAULT = ("shed", "http", "kafka-burst", "microbatch", "capacity", "download", "original", "overload", "compare")
-
-
-def available(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(SCENARIOS[name]) is not None
-    except ModuleNotFoundError:
-        return False
 
 
 def run_one(name: str, argv: list[str]) -> int:
@@ -64,24 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     args, passthrough = parser.parse_known_args(argv)
     if args.list:
         for name, module in SCENARIOS.items():
-            print(f"{name:12} {module}{'' if available(name) else '  (not written yet)'}")
+            print(f"{name:12} {module}{'' if name in DEFAULT else '  (when named)'}")
         return 0
     requested = [name.strip() for item in args.scenario for name in item.split(",") if name.strip()]
-    unknown = [name for name in requested if name not in SCENARIOS]
-    if unknown:
+    if unknown := [name for name in requested if name not in SCENARIOS]:
         parser.error(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
-    missing = [name for name in requested if not available(name)]
-    if missing:
-        parser.error(f"scenario {', '.join(missing)} has no module yet ({', '.join(SCENARIOS[n] for n in missing)})")
-    selected = requested or [name for name in DEFAULT if available(name)]
-    for name in DEFAULT:
-        if not requested and not available(name):
-            print(f"perf: skipping {name}: {SCENARIOS[name]} does not exist yet", flush=True)
-    scenario_argv = (["--quick"] if args.quick else []) + passthrough
     results = {}
     try:
-        for name in selected:
-            results[name] = run_one(name, scenario_argv)
+        for name in requested or DEFAULT:
+            results[name] = run_one(name, (["--quick"] if args.quick else []) + passthrough)
     except KeyboardInterrupt:
         print("perf: interrupted; the running scenario stopped what it had started", file=sys.stderr, flush=True)
         return 130

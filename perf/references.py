@@ -1,15 +1,8 @@
-"""The two simpler designs the `compare` scenario measures this project against, and the model all three serve.
-
-- `inprocess`: a Flask view that calls the model itself, in the request thread.
-- `celery-api` + `celery-worker`: a Flask view that sends one Celery task per request and waits for it with
-  `AsyncResult.get()`; the task loads the model once per pool process and predicts one row. This is the
-  design the project replaces.
-
-Both answer `POST /predict {"features": [...]}` with the project's body (`prediction`, `model_version`,
-`cached: false`), validate input with the project's `validate_row`, load the promoted artifact through the
-project's `ModelStore`, read the project's settings from the environment, and are served by waitress with
-the API's HTTP_THREADS, HTTP_KEEPALIVE and connection limit. `publish` trains the comparison model (50
-boosted trees: costlier per call than the demo's ridge, so that batching matters), stores and promotes it.
+"""The two simpler designs `compare` measures this project against, serving the one comparison model:
+`inprocess` (a Flask view calling the model) and `celery-api` + `celery-worker` (a Flask view sending one Celery
+task per request and waiting for it with `.get()`), both with the project's request and answer bodies, input
+validation, model store and settings, on waitress. `publish` trains the model (50 boosted trees: costlier per call
+than the demo's ridge, so that batching matters), stores and promotes it.
 
     python -m perf.references publish | inprocess | celery-api | celery-worker
 """

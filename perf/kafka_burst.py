@@ -1,12 +1,5 @@
-"""Scenario `kafka-burst` (`python -m perf.kafka_burst [--claims 10000] [--maxsize 40,512]`): a burst of claims
-through the Kafka bridge, once per QUEUE_MAXSIZE with /predict probed meanwhile, then `--alone` without it.
-
-Each burst on a stack of its own: the bridge's in-flight count against the bound (sampled every 50 ms with its
-RSS by a process of its own), its pauses and resumes, the drain rate, the results and committed offsets, and
-/predict latency idle and while the burst drains. By default the lanes are split and the bulk lane (its worker
-node, the bridge, the S3 stand-in and the broker) runs at SCHED_IDLE on every core but the first beside /predict
-(`--lanes`, `--bulk-priority`, `--bulk-cpus`, `--workers`). `summary.md` covers every run in the day's folder.
-"""
+"""Scenario `kafka-burst`: a burst of claims through the Kafka bridge, once per QUEUE_MAXSIZE with /predict probed
+meanwhile, then `--alone` without it; what it measures and its options: perf/README.md."""
 
 from __future__ import annotations
 

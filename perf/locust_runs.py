@@ -1,8 +1,5 @@
-"""Locust for `original`, `isolated` and `overload --client locust`: run headless against a stack, every response
-recorded by the locustfile (Locust's own CSVs, kept as they are, round response times and have no status codes
-over time), the API's queue sampled meanwhile (its /metrics, and Redis directly: under load the API answers
-/metrics late or not at all); `LoadRun` holds one such run, or an open-loop run of `overload`.
-"""
+"""Locust for `original`, `isolated` and `overload --client locust`, headless against a stack with the queue sampled
+meanwhile (how: perf/README.md); `LoadRun` holds one such run, or an open-loop run of `overload`."""
 
 from __future__ import annotations
 
@@ -22,8 +19,22 @@ import numpy as np
 from devtools.processes import PYTHON, ROOT, ManagedProcess, http_ok
 from devtools.services import free_port
 from perf.checks import ACCEPTED
-from perf.measure import PERCENTILES, CpuMeter, Responses, Sampler, latency_stats, scrape_metrics
-from perf.results import cores_text, counts, figure, markdown_table, ms, plot_percentiles, plot_statuses, save, style, write_csv
+from perf.measure import CpuMeter, Responses, Sampler, latency_stats, scrape_metrics
+from perf.results import (
+    STAT_COLUMNS,
+    cores_text,
+    counts,
+    figure,
+    markdown_table,
+    ms,
+    per_second_csv,
+    plot_percentiles,
+    plot_statuses,
+    save,
+    stat_cells,
+    style,
+    write_csv,
+)
 from perf.runs import Run, by_quick, echo_baseline, scenario_parser, server_env, warm_up
 from perf.stack import Stack, StackError, child_env, wait_child
 
@@ -263,7 +274,18 @@ def run_section(run: LoadRun) -> str:
           f"(the client's count): {max((n for _, n in run.outstanding()), default=0):.0f}."])
 
 
-def run_files(run: LoadRun) -> dict[str, str]:
+def write_run(out: Path, run: LoadRun, goals_ms: Mapping[str, float] | None = None,
+              latency: Mapping[str, Responses] | None = None) -> dict[str, str]:
+    """A run's figures (<name>_endpoints.csv), series (_per_second.csv, _queue.csv) and plots (`plot_run`) in `out`;
+    what each file holds, for the summary."""
+    write_csv(out / f"{run.name}_endpoints.csv",
+              ["endpoint", "responses", "throughput_per_s", *STAT_COLUMNS, "failures", "invalid_bodies", "statuses"],
+              [[name, len(r), round(run.throughput(name), 1), *stat_cells(run.stats(name)), len(run.failures(name)), r.broken(),
+                counts(r.statuses())] for name, r in run.endpoints.items()])
+    per_second_csv(out / f"{run.name}_per_second.csv", {name: run.per_second(name) for name in run.endpoints}, "endpoint")
+    write_csv(out / f"{run.name}_queue.csv", ["t_s", "series", "value"],
+              [[round(t, 3), key, value] for t, values in run.queue for key, value in values.items()])
+    plot_run(out, run, goals_ms, latency)
     files = {f"{run.name}_{kind}.png": what for kind, what in (
         ("latency", "latency percentiles per second"), ("throughput", "answers per second and the queue"),
         ("status", "status codes per second"))}
@@ -271,23 +293,6 @@ def run_files(run: LoadRun) -> dict[str, str]:
     if run.locust_stats:
         files[f"{run.name}_locust_stats.csv, _stats_history.csv, _failures.csv, _exceptions.csv"] = "Locust's own CSVs"
     return files
-
-
-def write_run_csvs(out: Path, run: LoadRun) -> None:
-    """<name>_endpoints.csv (the figures), <name>_per_second.csv and <name>_queue.csv (the series)."""
-    write_csv(out / f"{run.name}_endpoints.csv",
-              ["endpoint", "responses", "throughput_per_s", *(f"p{p}_ms" for p in PERCENTILES), "max_ms", "failures",
-               "invalid_bodies", "statuses"],
-              [[name, len(r), round(run.throughput(name), 1), *(round(run.stats(name)[f"p{p}"], 3) for p in PERCENTILES),
-                round(run.stats(name)["max"], 3), len(run.failures(name)), r.broken(), counts(r.statuses())]
-               for name, r in run.endpoints.items()])
-    write_csv(out / f"{run.name}_per_second.csv",
-              ["second", "endpoint", "responses", *(f"p{p}_ms" for p in PERCENTILES), "max_ms", "statuses"],
-              [[row["second"], name, row["responses"], *(row[f"p{p}_ms"] for p in PERCENTILES), row["max_ms"],
-                " ".join(f"{code}:{n}" for code, n in sorted(row["statuses"].items()))]
-               for name in run.endpoints for row in run.per_second(name)])
-    write_csv(out / f"{run.name}_queue.csv", ["t_s", "series", "value"],
-              [[round(t, 3), key, value] for t, values in run.queue for key, value in values.items()])
 
 
 def plot_run(out: Path, run: LoadRun, goals_ms: Mapping[str, float] | None = None,

@@ -134,6 +134,22 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) 
     return path
 
 
+STAT_COLUMNS = [*(f"p{p}_ms" for p in PERCENTILES), "max_ms"]
+
+
+def stat_cells(stats: Mapping[str, float]) -> list[float]:
+    """The STAT_COLUMNS of `perf.measure.latency_stats`, for a CSV row."""
+    return [round(stats[key], 3) for key in (*(f"p{p}" for p in PERCENTILES), "max")]
+
+
+def per_second_csv(path: Path, series: Mapping[str, Sequence[Mapping[str, Any]]], key: str = "run") -> Path:
+    """Per-second rows (`perf.measure.Responses.per_second`) of each named series, one CSV in long form."""
+    return write_csv(path, [key, "second", "responses", *STAT_COLUMNS, "statuses"],
+                     [[name, row["second"], row["responses"], *(row[c] for c in STAT_COLUMNS),
+                       " ".join(f"{code}:{n}" for code, n in sorted(row["statuses"].items()))]
+                      for name, rows in series.items() for row in rows])
+
+
 def verdict(value: float, limit: float) -> str:
     return "met" if value <= limit else "**missed**"
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from perf.measure import PERCENTILES, Responses, latency_stats, log_events, percentile
 from perf.results import begin, cores_text, counts, figure, goals, markdown_table, ms, save, setup, style, write_csv, write_summary
-from perf.runs import RUN_HEADERS, Run, by_quick, drive, echo_baseline, scenario_parser, server_env, wait_drained, warm_up
+from perf.runs import Run, by_quick, drive, echo_baseline, scenario_parser, server_env, wait_drained, warm_up
 from perf.stack import Stack
 
 GOAL_P99_MS = 100.0
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
            f"{best.achieved:.0f}/s." if best else "\n\nNo step held.") + why,
         "### Steps (in run order)\n\n" + markdown_table(STEP_HEADERS, [s.row() for s in steps])
         + "\n\nWhat the columns mean: perf/README.md, `capacity`.",
-        "### Echo baseline\n\n" + markdown_table(RUN_HEADERS, [echo.row(), flask_echo.row()])],
+        "### Echo baseline\n\n" + markdown_table(Run.HEADERS, [echo.row(), flask_echo.row()])],
         {"capacity_steps.png": "p50/p95/p99 and achieved rate against the offered rate",
          "capacity_timeline.png": "p99 and answers per second through every step",
          "capacity_steps.csv": "the figures of every step"})

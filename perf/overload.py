@@ -17,7 +17,7 @@ from perf import capacity
 from perf.locust_runs import REDIS_DEPTH, LoadRun, QueueWatch, clip_outlier, run_locust, run_section, write_run
 from perf.measure import CpuMeter, Responses, latency_stats
 from perf.results import begin, cores_text, counts, figure, goals, markdown_table, ms, save, setup, style, table, verdict, write_summary
-from perf.runs import RUN_HEADERS, Run, by_quick, drive, run_client, scenario_parser, server_env, wait_drained, warm_up
+from perf.runs import Run, by_quick, drive, run_client, scenario_parser, server_env, wait_drained, warm_up
 from perf.stack import Stack, StackError
 
 GOODPUT_GOAL = 0.9
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                    f"{client.get('connects')} connections opened" if client else
                    f"offered {v.offered:.0f} req/s (target {rate:.0f}) from {users} users at {args.user_rate:g} req/s each")
     if saturated is not None:
-        measured = "### Capacity: /predict at saturation (same stack, just before)\n\n" + markdown_table(RUN_HEADERS, [saturated.row()])
+        measured = "### Capacity: /predict at saturation (same stack, just before)\n\n" + markdown_table(Run.HEADERS, [saturated.row()])
     elif steps:
         measured = "### Capacity: perf/capacity.py's search (same stack, just before)\n\n" + table(
             out / "overload_capacity_steps.csv", ["step", "offered/s", "achieved/s", "p50 ms", "p99 ms", "errors", "verdict"],

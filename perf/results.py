@@ -211,6 +211,15 @@ def plot_percentiles(ax: Any, per_second: Sequence[Mapping[str, Any]], label: st
     style(ax, title, ylabel="latency (ms)", log="y")
 
 
+def plot_throughput(ax: Any, runs: Mapping[str, Any], warmup_s: float, title: str, legend: str = "lower right") -> None:
+    """Responses per second of each run (`perf.runs.Run`, by label), the end of the warm-up marked."""
+    for label, run in runs.items():
+        ax.plot([r["second"] for r in run.per_second], [r["responses"] for r in run.per_second], marker="o", markersize=3,
+                label=f"{label}: {run.throughput:.0f}/s over the window")
+    ax.axvline(warmup_s, color="grey", linewidth=0.8, linestyle=":", label="end of warm-up")
+    style(ax, title, ylabel="responses / s", legend=legend, bottom=0)
+
+
 def plot_statuses(ax: Any, responses: Any, title: str, span_s: float, bin_s: float = 1.0) -> None:
     """Answers by status code per `bin_s`, stacked, by completion time (perf.measure.Responses)."""
     ends, statuses = responses.end_s, responses.status

@@ -23,7 +23,7 @@ from perf.capacity import Step, Target
 from perf.measure import CpuMeter, Responses, percentile
 from perf.references import ESTIMATORS, MAX_DEPTH, predict_time_us, promoted
 from perf.results import begin, figure, goals, markdown_table, ms, save, style, write_summary
-from perf.runs import N_FEATURES, Run, by_quick, drive, wait_drained, warm_up
+from perf.runs import N_FEATURES, Run, by_quick, drive, scenario_parser, wait_drained, warm_up
 from perf.stack import Stack
 from settings import load_settings
 
@@ -34,8 +34,7 @@ TREE_COLOURS = {"http server": "tab:blue", "worker": "tab:orange", "redis": "tab
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m perf --scenario compare", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="6 s runs, capacity search at its --quick setting")
+    parser = scenario_parser("compare", __doc__, "6 s runs, capacity search at its --quick setting", workers=0)
     parser.add_argument("--designs", default=",".join(DESIGNS), help="which designs, in this order")
     parser.add_argument("--rates", default="300,600", help="fixed offered rates for CPU per prediction (req/s)")
     parser.add_argument("--rate-s", type=float, default=None, help="length of each fixed-rate run (default 15, --quick 6)")

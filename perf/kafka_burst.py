@@ -22,7 +22,7 @@ from devtools.processes import PYTHON, ManagedProcess, http_ok
 from perf.kafka_plots import plot_inflight, plot_lag, write_summary
 from perf.measure import Responses, Sampler, metrics_and_rss, percentile, rss_bytes
 from perf.results import begin, write_csv
-from perf.runs import by_quick, loadgen, run_client
+from perf.runs import by_quick, loadgen, run_client, scenario_parser
 from perf.stack import Stack, cpu_list, pin
 from settings import Settings
 from tasks.demo_model import SAMPLE_KEY
@@ -222,9 +222,8 @@ def changes(samples: list[tuple[float, Any]]) -> list[tuple[float, int, float, f
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m perf --scenario kafka-burst", description=__doc__.splitlines()[0])
+    parser = scenario_parser("kafka-burst", __doc__, "2,000 claims", workers=0)
     parser.add_argument("--claims", type=int, default=None, help="claims published (default 10,000; --quick 2,000)")
-    parser.add_argument("--quick", action="store_true", help="2,000 claims")
     parser.add_argument("--maxsize", default="40,512", help="QUEUE_MAXSIZE, comma-separated: one burst for each")
     parser.add_argument("--workers", type=int, default=None,
                         help="QUEUE_WORKERS of the bulk node (split; default: the cores less one beside /predict, every "

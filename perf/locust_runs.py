@@ -107,11 +107,8 @@ class LoadRun:
         return len(self.exited) + sum(r.broken() + int(np.isin(r.status, (0, 500)).sum()) for r in self.endpoints.values())
 
     def queue_max(self) -> dict[str, float]:
-        found: dict[str, float] = {}
-        for _, values in self.queue:
-            for key, value in values.items():
-                found[key] = max(found.get(key, 0.0), value)
-        return found
+        keys = {key for _, values in self.queue for key in values}
+        return {key: max(values.get(key, 0.0) for _, values in self.queue) for key in keys}
 
 
 # -- running Locust ----------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Scenario `kafka-burst`: a burst of claims through the Kafka bridge, once per QUEUE_MAXSIZE with /predict probed
-meanwhile, then `--alone` without it; what it measures and its options: perf/README.md."""
+"""Scenario `kafka-burst` (issue 5): a burst of claims through the Kafka bridge, once per QUEUE_MAXSIZE with /predict
+probed meanwhile, then `--alone` without it: in flight against the bound, pauses and resumes, the drain rate, the
+results and committed offsets, and /predict latency idle and while the burst drains."""
 
 from __future__ import annotations
 
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = [(int(size), True, args.label) for size in args.maxsize.split(",") if size.strip()]
     runs += [(int(size), False, "-".join(part for part in (args.label, "alone") if part))
              for size in args.alone.split(",") if size.strip()]
-    _, out, raw = begin("kafka-burst", fresh=False)  # the day's folder gathers every run, variants included
+    info, out, raw = begin("kafka-burst", fresh=False)  # the day's folder gathers every run, variants included
     ok = True
     for maxsize, api, label in runs:
         workers = args.workers or default_workers(split=args.lanes == "split", beside_predict=api)
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         plot_inflight(out, name, rows, series, maxsize)
         plot_lag(out, name, series)
         (out / f"run-{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-        write_summary(out)
+        write_summary(out, info, __doc__)
         print(json.dumps(result, indent=2))
         ok = ok and result["within_bound"] and result["results_complete"] and result["committed_at_end"]
     return 0 if ok else 1

@@ -6,10 +6,7 @@ the day's folder. Times are seconds since the in-flight sampler started, just be
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import os
-import socket
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from perf import results
 from perf.measure import percentile
-from perf.results import figure, markdown_table, save, style, verdict
+from perf.results import figure, save, style, verdict
 from settings import Settings
 
 ZOOM_S = 10.0
@@ -162,25 +160,23 @@ def goal_rows(runs: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
     return rows
 
 
-def write_summary(out: Path) -> None:
+def write_summary(out: Path, info: Mapping[str, Any], doc: str | None) -> None:
     """summary.md from every run-maxsize<N>.json (and its samples CSV) in `out`."""
     runs = sorted((json.loads(path.read_text()) for path in out.glob("run-maxsize*.json")),
                   key=lambda r: (r["maxsize"], r.get("label") or ""))
     for each in runs:
         each.update(sample_gaps(out / f"samples-maxsize{each['maxsize']}{'-' + each['label'] if each.get('label') else ''}.csv"))
     servers = ", ".join(dict.fromkeys(run.get("s3_server", "moto") for run in runs))
-    lines = [
-        f"# Kafka burst through the bridge ({socket.gethostname()}, {dt.date.today().isoformat()})", "",
-        f"{os.cpu_count()} CPUs. Each run: its own Redis, S3 server ({servers}), Tansu broker, the Celery workers (split "
+    results.write_summary(out, "kafka-burst: a burst of claims through the bridge", info, doc, [
+        f"Each run: its own Redis, S3 server ({servers}), Tansu broker, the Celery workers (split "
         "lanes: an interactive node, and a bulk node of QUEUE_WORKERS processes which, with the bridge and the S3 "
         "stand-in and Kafka broker that only the bulk lane uses, runs at the bulk lane's CPU priority and on its "
         "cores), the bridge and the API; N claims published at once on a 4-partition topic, each claim scoring the "
         "256-row demo Parquet file. In-flight and RSS (MiB) sampled every 50 ms from the bridge's /metrics and /proc by "
         "a process of its own. Drain rate: N over the time from the first publish until every partition's committed "
-        "offset reached its end. /predict: one client, back to back.", "",
-        markdown_table(["", *(run_name(r) for r in runs)], [[label, *(str(r.get(key)) for r in runs)] for key, label in FIELDS]),
-        "", "## Goals", "", markdown_table(["goal", "run", "this run", "verdict"], goal_rows(runs)), "",
-        "Per run `<run>` (maxsize<N>[-label]): `samples-<run>.csv` (t_s, in_flight, paused, rss_mb), `run-<run>.json` "
-        "(the figures), `inflight-<run>.png` and `lag-<run>.png` (perf/kafka_plots.py), their series in `lag-`, "
-        "`published-committed-` and `flow-<run>.csv`.", ""]
-    (out / "summary.md").write_text("\n".join(lines))
+        "offset reached its end. /predict: one client, back to back.",
+        results.markdown_table(["", *(run_name(r) for r in runs)], [[label, *(str(r.get(key)) for r in runs)] for key, label in FIELDS]),
+        "## Goals\n\n" + results.markdown_table(["goal", "run", "this run", "verdict"], goal_rows(runs))],
+        {"samples-<run>.csv": "t_s, in_flight, paused, rss_mb, per run `<run>` (maxsize<N>[-label])",
+         "run-<run>.json": "the figures", "inflight-<run>.png, lag-<run>.png": "the plots",
+         "lag-<run>.csv, published-committed-<run>.csv, flow-<run>.csv": "their series"})

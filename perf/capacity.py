@@ -90,6 +90,11 @@ class Step:
         return latency_stats(self.responses.latency_ms)
 
     @property
+    def answers(self) -> int:
+        """Valid 200s."""
+        return int(self.responses.ok.sum())
+
+    @property
     def errors(self) -> int:
         return int((~self.responses.ok).sum())
 

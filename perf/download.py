@@ -174,8 +174,7 @@ def concurrent_downloads(args: argparse.Namespace, raw: Path, stack: Stack, rig:
     wait_child(prober, name, 30)
     if any(thread.is_alive() for thread in threads):
         raise StackError(f"downloads still running after {TIMEOUT_S:g}s")
-    probes = Responses.read(raw / f"{name}.csv")
-    probes.start_s += client_stats(prober, raw / f"{name}.csv")["t0_epoch"] - started  # on the downloads' clock
+    probes = Responses.read(raw / f"{name}.csv", client_stats(prober, raw / f"{name}.csv")["t0_epoch"] - started)  # downloads' clock
     during = probes.where((probes.start_s >= 0) & (probes.start_s <= ended - started))
     return {"fetched": [r for r in results if r is not None], "probes": probes, "during": during,
             "healthz": latency_stats(during.latency_ms), "seconds": ended - started, "cores": cores, "rig": rig,

@@ -39,8 +39,7 @@ def measure(args: argparse.Namespace, raw: Path, stack: Stack) -> tuple[Run, lis
     t0 = predict.client["t0_epoch"]
     health = []
     for name, (label, _) in PROBES.items():  # the probes started a moment before the /predict client: on its clock
-        probed = Responses.read(files[name])
-        probed.start_s += stats_of(files[name])["t0_epoch"] - t0
+        probed = Responses.read(files[name], stats_of(files[name])["t0_epoch"] - t0)
         health.append(Run(label, probed, stats_of(files[name]), None, (args.warmup_s, args.duration_s)))
     return predict, [*health, idle], [(t + depth.t0_epoch - t0, d) for t, d in depth.samples]
 

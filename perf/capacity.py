@@ -15,7 +15,7 @@ import numpy as np
 
 from perf.measure import PERCENTILES, Responses, latency_stats, log_events, percentile
 from perf.results import begin, cores_text, counts, figure, goals, markdown_table, ms, save, setup, style, table, write_summary
-from perf.runs import Run, by_quick, drive, echo_baseline, scenario_parser, server_env, wait_drained, warm_up
+from perf.runs import Run, drive, echo_baseline, parse, scenario_parser, server_env, wait_drained, warm_up
 from perf.stack import Stack
 
 GOAL_P99_MS = 100.0
@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bisect", type=int, default=None, help="bisection steps after the first miss (default 3, --quick 1)")
     parser.add_argument("--max-steps", type=int, default=24, help="bound on the number of steps")
     parser.add_argument("--connections", type=int, default=64, help="echo: closed-loop connections")
-    args = by_quick(parser.parse_args(argv), step_s=(8.0, 4.0), echo_s=(20.0, 8.0), bisect=(3, 1))
+    args = parse(parser, argv, step_s=(8.0, 4.0), echo_s=(20.0, 8.0), bisect=(3, 1))
     if args.factor <= 1 or args.start_rate <= 0 or args.max_steps < 1:
         parser.error("--factor must be > 1, --start-rate > 0 and --max-steps >= 1")
     return args

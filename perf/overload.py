@@ -17,7 +17,7 @@ from perf import capacity
 from perf.locust_runs import REDIS_DEPTH, LoadRun, QueueWatch, clip_outlier, run_locust, run_section, write_run
 from perf.measure import CpuMeter, Responses, latency_stats
 from perf.results import begin, cores_text, counts, figure, goals, markdown_table, ms, save, setup, style, table, verdict, write_summary
-from perf.runs import Run, by_quick, drive, run_client, scenario_parser, server_env, wait_drained, warm_up
+from perf.runs import Run, drive, parse, run_client, scenario_parser, server_env, wait_drained, warm_up
 from perf.stack import Stack, StackError
 
 GOODPUT_GOAL = 0.9
@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--run-time-s", type=float, default=None, help="length of the overload run (default 60, --quick 20)")
     parser.add_argument("--timeout-ms", type=int, default=1000, help="X-Request-Timeout-Ms of every request")
     parser.add_argument("--user-rate", type=float, default=1.0, help="locust: requests per second per user")
-    args = by_quick(parser.parse_args(argv), run_time_s=(60.0, 20.0), capacity_s=(12.0, 8.0))
+    args = parse(parser, argv, run_time_s=(60.0, 20.0), capacity_s=(12.0, 8.0))
     if args.factor <= 0 or args.timeout_ms <= 0 or args.user_rate <= 0:
         parser.error("--factor, --timeout-ms and --user-rate must be positive")
     return args

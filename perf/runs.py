@@ -97,13 +97,10 @@ class Run:
         return [self.name, f"{self.throughput:.0f}", ms(s["p50"]), ms(s["p95"]), ms(s["p99"]), ms(s["max"]),
                 counts(self.responses.statuses()), sum(self.responses.invalid().values()), cores_text(self.cores)]
 
-
     def csv_cells(self) -> list[Any]:
         """The CSV_COLUMNS of this run."""
         return [len(self.window), round(self.throughput, 1), *stat_cells(self.stats), int((self.responses.status != 200).sum()),
                 self.responses.invalid().total()]
-
-
 
 
 def drive(raw: Path, name: str, port: int, roots: Mapping[str, int], *, seconds: float, warmup_s: float = 0.0,

@@ -16,12 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from devtools.processes import PYTHON, ROOT, ManagedProcess, http_ok
-from devtools.services import free_port
+from devtools.processes import PYTHON, ROOT, ManagedProcess
 from perf import results
 from perf.checks import ACCEPTED
 from perf.measure import CpuMeter, Responses, Sampler, latency_stats, scrape_metrics
-from perf.runs import Run, by_quick, echo_baseline, scenario_parser, server_env, warm_up
+from perf.runs import Run, by_quick, echo_baseline, echo_server, scenario_parser, server_env, warm_up
 from perf.stack import Stack, StackError, child_env, wait_child
 
 QUEUE_INTERVAL_S = 0.25
@@ -211,10 +210,7 @@ def flask_echo_reference(out: Path, *, users: int, spawn_rate: float, run_time_s
     """`FlaskEchoUser` (the original profile's pacing) against the one-route Flask echo on waitress: what a Flask
     app doing nothing gets from the same Locust profile on this machine."""
     raw = out / "raw"
-    port = free_port()
-    command = [PYTHON, "-m", "perf.echo", "--serve", "--flask", "--port", str(port), "--threads", str(threads)]
-    with ManagedProcess("flask-echo-reference", command, child_env({}), raw) as server:
-        server.wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/echo", 405), 30, "/echo")  # POST only
+    with echo_server(raw, "flask-echo-reference", threads, flask=True) as (port, _):
         endpoints, _, _ = locust("flask-echo", "FlaskEchoUser", f"http://127.0.0.1:{port}", raw, child_env({}),
                                  users=users, spawn_rate=spawn_rate, run_time_s=run_time_s)
     return endpoints["/echo"]

@@ -114,17 +114,23 @@ def drive(raw: Path, name: str, port: int, roots: Mapping[str, int], *, seconds:
     return Run(label or name, Responses.read(raw / f"{name}.csv"), client, meter, (warmup_s, seconds))
 
 
+@contextlib.contextmanager
+def echo_server(log_dir: Path, name: str, threads: int, flask: bool = False) -> Iterator[tuple[int, ManagedProcess]]:
+    """perf/echo.py serving on a free port (`flask`: the one-route Flask echo), ready: its port and process."""
+    port = free_port()
+    command = [PYTHON, "-m", "perf.echo", "--serve", "--port", str(port), "--threads", str(threads), *(["--flask"] if flask else [])]
+    with ManagedProcess(name, command, child_env({}), log_dir) as server:
+        server.wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/echo", 405 if flask else 200), 30, "/echo")  # Flask: POST only
+        yield port, server
+
+
 def echo_baseline(raw: Path, seconds: float, connections: int = 64, threads: int = 16, flask: bool = False) -> Run:
-    """The echo server (`flask`: the one-route Flask echo, perf/echo.py) driven like /predict: closed loop over
-    `connections` for `seconds`, the first 2 s (at most a quarter) left out."""
+    """The echo server (`flask`: the one-route Flask echo) driven like /predict: closed loop over `connections` for
+    `seconds`, the first 2 s (at most a quarter) left out."""
     name = "flask-echo" if flask else "echo"
     print(f"{name} baseline: {connections} connections for {seconds:g} s", flush=True)
     (raw / "logs").mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    command = [PYTHON, "-m", "perf.echo", "--serve", "--port", str(port), "--threads", str(threads),
-               *(["--flask"] if flask else [])]
-    with ManagedProcess(name, command, child_env({}), raw / "logs") as server:
-        server.wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/echo", 405 if flask else 200), 30, "/echo")  # Flask: POST only
+    with echo_server(raw / "logs", name, threads, flask) as (port, server):
         return drive(raw, name, port, {f"{name} server": server.pid}, seconds=seconds, warmup_s=min(2.0, seconds / 4),
                      args=["--path", "/echo", "--connections", str(connections)],
                      label="echo (Flask on waitress)" if flask else "echo (bare waitress)")

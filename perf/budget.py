@@ -1,11 +1,5 @@
 """`python -m perf.budget [--rate R] [--seconds S] [--design project|inprocess|celery] [--py-spy TREE [--gil]]`: where
-a /predict's CPU goes.
-
-Serves /predict as `compare` does (same stack, same comparison model), offers it `--rate` requests a second (open
-loop) for `--seconds`, and meanwhile reads each thread's CPU time (by thread name, grouped by process tree) and,
-with `--py-spy`, records that tree with py-spy (`--gil`: only the thread holding the interpreter lock). Prints
-microseconds of CPU per valid answer by process and thread to budget.txt, beside py-spy's raw folded stacks.
-"""
+a /predict's CPU goes, by process and thread, in budget.txt (what it runs: perf/README.md)."""
 
 from __future__ import annotations
 

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from perf.measure import PERCENTILES, Responses, latency_stats, log_events, percentile
-from perf.results import begin, cores_text, counts, figure, goals, markdown_table, ms, save, setup, style, write_csv, write_summary
-from perf.runs import RUN_HEADERS, Run, by_quick, drive, echo_baseline, scenario_parser, server_env, wait_drained, warm_up
+from perf.results import begin, cores_text, counts, figure, goals, markdown_table, ms, save, setup, style, table, write_summary
+from perf.runs import Run, drive, echo_baseline, parse, scenario_parser, server_env, wait_drained, warm_up
 from perf.stack import Stack
 
 GOAL_P99_MS = 100.0
@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bisect", type=int, default=None, help="bisection steps after the first miss (default 3, --quick 1)")
     parser.add_argument("--max-steps", type=int, default=24, help="bound on the number of steps")
     parser.add_argument("--connections", type=int, default=64, help="echo: closed-loop connections")
-    args = by_quick(parser.parse_args(argv), step_s=(8.0, 4.0), echo_s=(20.0, 8.0), bisect=(3, 1))
+    args = parse(parser, argv, step_s=(8.0, 4.0), echo_s=(20.0, 8.0), bisect=(3, 1))
     if args.factor <= 1 or args.start_rate <= 0 or args.max_steps < 1:
         parser.error("--factor must be > 1, --start-rate > 0 and --max-steps >= 1")
     return args
@@ -88,6 +88,11 @@ class Step:
     @property
     def stats(self) -> dict[str, float]:
         return latency_stats(self.responses.latency_ms)
+
+    @property
+    def answers(self) -> int:
+        """Valid 200s."""
+        return int(self.responses.ok.sum())
 
     @property
     def errors(self) -> int:
@@ -206,15 +211,6 @@ def main(argv: list[str] | None = None) -> int:
         flask_echo = echo_baseline(raw, args.echo_s, args.connections, args.threads, flask=True)
         steps = search(args, raw, as_target(stack))
         env = stack.overrides
-    write_csv(out / "capacity_steps.csv",
-              ["step", "offered_per_s", "achieved_per_s", *(f"p{p}_ms" for p in PERCENTILES), "max_ms", "responses",
-               "errors", "max_backlog", "send_delay_p99_ms", "batches", "mean_batch_size", "sent_to_worker_p50_ms",
-               "sent_to_worker_p99_ms", "model_call_p50_ms", "held"],
-              [[s.index, round(s.rate, 1), round(s.achieved, 1), *(round(s.stats[f"p{p}"], 3) for p in PERCENTILES),
-                round(s.stats["max"], 3), len(s.responses), s.errors, s.run.client.get("max_backlog"),
-                s.run.client.get("send_delay_p99_ms"), s.pipeline["batches"], round(s.pipeline["mean_batch"], 2),
-                round(s.pipeline["wait_p50"], 2), round(s.pipeline["wait_p99"], 2), round(s.pipeline["model_p50"], 3),
-                int(s.held)] for s in steps])
     plot(out, steps, echo, flask_echo, args)
     capacity = capacity_of(steps)
     ratio = capacity / max(echo.throughput, 1e-9)
@@ -234,12 +230,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{flask_echo.throughput / max(echo.throughput, 1e-9):.2f}"]])
         + (f"\n\nAt {best.rate:.0f} req/s: p50 {ms(best.stats['p50'])} ms, p99 {ms(best.stats['p99'])} ms, achieved "
            f"{best.achieved:.0f}/s." if best else "\n\nNo step held.") + why,
-        "### Steps (in run order)\n\n" + markdown_table(STEP_HEADERS, [s.row() for s in steps])
+        "### Steps (in run order)\n\n" + table(out / "capacity_steps.csv", STEP_HEADERS, [s.row() for s in steps])
         + "\n\nWhat the columns mean: perf/README.md, `capacity`.",
-        "### Echo baseline\n\n" + markdown_table(RUN_HEADERS, [echo.row(), flask_echo.row()])],
+        "### Echo baseline\n\n" + markdown_table(Run.HEADERS, [echo.row(), flask_echo.row()])],
         {"capacity_steps.png": "p50/p95/p99 and achieved rate against the offered rate",
          "capacity_timeline.png": "p99 and answers per second through every step",
-         "capacity_steps.csv": "the figures of every step"})
+         "capacity_steps.csv": "the steps table"})
     # Functional failure: an answer that breaks the contract (a 429/504 at high rates is a miss, not a bug).
     broken = sum(s.responses.broken() for s in steps) + echo.responses.invalid().total() + flask_echo.responses.invalid().total()
     return 1 if broken else 0

@@ -1,11 +1,5 @@
-"""Whether an answer keeps the API's contract, for the load client (perf/loadgen.py) and the Locust file alike.
-
-`check(kind, status, body, retry_after, sent)` -> (valid, detail). A 200 from /predict needs a finite numeric
-`prediction` and a `model_version` string (detail `cached` when it came from the cache); any other status needs
-the JSON error body, and 429/503 an integer `Retry-After` (detail `<code> retry_after=<s>`: load shedding);
-/healthz must say `{"status": "ok"}`; the echo must return the bytes it was sent; a download must be Parquet.
-Standard library only: the Locust container imports it with nothing else of the project installed.
-"""
+"""Whether an answer keeps the API's contract (`check`; the rules: perf/README.md, "The load client"), for the load
+client and the Locust file alike. Standard library only: the Locust container has nothing else of the project."""
 
 from __future__ import annotations
 

@@ -20,10 +20,10 @@ from devtools.processes import PYTHON, ManagedProcess, http_ok
 from devtools.services import free_port
 from perf import capacity
 from perf.capacity import Step, Target
-from perf.measure import CpuMeter, Responses, percentile
+from perf.measure import CpuMeter, Responses
 from perf.references import ESTIMATORS, MAX_DEPTH, predict_time_us, promoted
 from perf.results import begin, figure, goals, markdown_table, ms, save, style, write_summary
-from perf.runs import N_FEATURES, Run, by_quick, drive, wait_drained, warm_up
+from perf.runs import N_FEATURES, Run, by_quick, drive, scenario_parser, wait_drained, warm_up
 from perf.stack import Stack
 from settings import load_settings
 
@@ -34,8 +34,7 @@ TREE_COLOURS = {"http server": "tab:blue", "worker": "tab:orange", "redis": "tab
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m perf --scenario compare", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="6 s runs, capacity search at its --quick setting")
+    parser = scenario_parser("compare", __doc__, "6 s runs, capacity search at its --quick setting", workers=0)
     parser.add_argument("--designs", default=",".join(DESIGNS), help="which designs, in this order")
     parser.add_argument("--rates", default="300,600", help="fixed offered rates for CPU per prediction (req/s)")
     parser.add_argument("--rate-s", type=float, default=None, help="length of each fixed-rate run (default 15, --quick 6)")
@@ -67,32 +66,16 @@ def not_answered(responses: Responses) -> str:
     return ", ".join(parts + ([f"{invalid} invalid 200"] if invalid else [])) or "0"
 
 
-@dataclass
-class Fixed:
-    """One fixed-rate run, the CPU of each process tree over it, and the project's micro-batches."""
-
-    rate: float
-    run: Run
-    pipeline: dict[str, float]
-
-    @property
-    def answers(self) -> int:
-        return int(self.run.responses.ok.sum())
-
-    @property
-    def cpu_ms(self) -> dict[str, float]:
-        return cpu_ms_per_answer(self.run.cpu_s, self.answers)
-
-    @property
-    def p99(self) -> float:
-        return percentile(self.run.responses.latency_ms, 99)
+def cpu_ms(fixed: Step) -> dict[str, float]:
+    """CPU milliseconds per valid answer of a fixed-rate run, per process tree and in `total`."""
+    return cpu_ms_per_answer(fixed.run.cpu_s, fixed.answers)
 
 
 @dataclass
 class Measured:
     design: str
     idle: dict[str, float]
-    fixed: list[Fixed]
+    fixed: list[Step]  # the fixed-rate runs, as steps of a search
     closed: list[Run]
     steps: list[Step]
 
@@ -146,7 +129,7 @@ def measure(args: argparse.Namespace, raw: Path, design: str, model: dict[str, A
             run = drive(out, f"rate-{rate:.0f}", target.port, target.roots, mode="paced", seconds=args.rate_s, grace_s=15,
                         args=["--rate", f"{rate:g}", "--connections", "256", "--preopen", "32"])
             t0 = float(run.client["t0_epoch"])
-            fixed.append(Fixed(rate, run, capacity.pipeline(target.stack, t0, t0 + args.rate_s + 15)))
+            fixed.append(Step(len(fixed) + 1, rate, run, capacity.pipeline(target.stack, t0, t0 + args.rate_s + 15)))
         for count in args.connections:
             wait_drained(target.depth)
             print(f"compare: closed loop, {count} connections for {args.load_s:g} s", flush=True)
@@ -166,8 +149,8 @@ def goal_rows(results: dict[str, Measured]) -> list[list[str]]:
     if base is None or project is None:
         return [["(2) and (3)", "n/a: needs both `inprocess` and `project` in the run", ""]]
     rows = [[f"(2) server CPU per prediction at {mine.rate:.0f} req/s <= in-process",
-             f"{mine.cpu_ms['total']:.2f} vs {theirs.cpu_ms['total']:.2f} ms",
-             "met" if mine.cpu_ms["total"] <= theirs.cpu_ms["total"] else "**missed**"]
+             f"{cpu_ms(mine)['total']:.2f} vs {cpu_ms(theirs)['total']:.2f} ms",
+             "met" if cpu_ms(mine)["total"] <= cpu_ms(theirs)["total"] else "**missed**"]
             for mine, theirs in zip(project.fixed, base.fixed, strict=True)]
     times = ratio(project.capacity, base.capacity)
     return [*rows, [f"(3) capacity at p99 <= {capacity.GOAL_P99_MS:g} ms >= {GOAL_CAPACITY_RATIO:g}x in-process",
@@ -190,18 +173,18 @@ def side_by_side(results: dict[str, Measured], args: argparse.Namespace) -> list
                        for run in (m.closed[index] for m in measured))])
     for index, rate in enumerate(args.rates):
         rows.append([f"server CPU ms per prediction at {rate:.0f} req/s (valid answers, p99 ms)",
-                     *(f"**{f.cpu_ms['total']:.2f}** ({f.answers} of {len(f.run.responses)}, {ms(f.p99)})"
-                       + (" above its capacity" if f.p99 > capacity.GOAL_P99_MS else "")
+                     *(f"**{cpu_ms(f)['total']:.2f}** ({f.answers} of {len(f.run.responses)}, {ms(f.stats['p99'])})"
+                       + (" above its capacity" if f.stats["p99"] > capacity.GOAL_P99_MS else "")
                        for f in (m.fixed[index] for m in measured))])
         rows.append([f"CPU per prediction / in-process at {rate:.0f} req/s",
-                     *(f"{ratio(m.fixed[index].cpu_ms['total'], base.fixed[index].cpu_ms['total'] if base else 0):.2f}"
+                     *(f"{ratio(cpu_ms(m.fixed[index])['total'], cpu_ms(base.fixed[index])['total'] if base else 0):.2f}"
                        for m in measured)])
     return rows
 
 
 def per_tree(results: dict[str, Measured]) -> list[list[Any]]:
-    return [[DESIGNS[m.design], f"{f.rate:.0f}", *(f"{f.cpu_ms[t]:.3f}" if t in f.cpu_ms else "-" for t in TREE_COLOURS),
-             f"**{f.cpu_ms['total']:.3f}**", f.answers, not_answered(f.run.responses), ms(f.p99),
+    return [[DESIGNS[m.design], f"{f.rate:.0f}", *(f"{cpu_ms(f)[t]:.3f}" if t in cpu_ms(f) else "-" for t in TREE_COLOURS),
+             f"**{cpu_ms(f)['total']:.3f}**", f.answers, not_answered(f.run.responses), ms(f.stats["p99"]),
              f"{f.pipeline['batches']} of {f.pipeline['mean_batch']:.1f}" if f.pipeline["batches"] else "-"]
             for m in results.values() for f in m.fixed]
 
@@ -211,8 +194,8 @@ def as_json(model: dict[str, Any], results: dict[str, Measured], info: dict[str,
     return {"machine": info, "model": model, "designs": {name: {
         "capacity_per_s": m.capacity,
         "fixed": [{"rate": f.rate, "responses": len(f.run.responses), "valid_answers": f.answers,
-                   "statuses": dict(f.run.responses.statuses()), "p99_ms": f.p99, "cpu_s": f.run.cpu_s,
-                   "cpu_ms_per_prediction": f.cpu_ms, "micro_batches": f.pipeline} for f in m.fixed],
+                   "statuses": dict(f.run.responses.statuses()), "p99_ms": f.stats["p99"], "cpu_s": f.run.cpu_s,
+                   "cpu_ms_per_prediction": cpu_ms(f), "micro_batches": f.pipeline} for f in m.fixed],
         "idle_cores": m.idle,
         "closed": [{"connections": count, "valid_per_s": run.goodput, "p50_ms": run.answered_stats["p50"],
                     "p99_ms": run.answered_stats["p99"], "statuses": dict(run.responses.statuses()),
@@ -226,7 +209,7 @@ def plot(out: Path, results: dict[str, Measured], args: argparse.Namespace) -> N
     width, labelled = 0.8 / len(results), set()
     for r_index in range(len(args.rates)):
         for d_index, m in enumerate(results.values()):
-            x, bottom, cpu = r_index + d_index * width, 0.0, m.fixed[r_index].cpu_ms
+            x, bottom, cpu = r_index + d_index * width, 0.0, cpu_ms(m.fixed[r_index])
             for tree, colour in TREE_COLOURS.items():
                 if tree in cpu and cpu[tree] == cpu[tree]:
                     cpu_ax.bar(x, cpu[tree], width * 0.9, bottom=bottom, color=colour, label=None if tree in labelled else tree)

@@ -22,7 +22,7 @@ import numpy as np
 
 from perf.measure import CpuMeter, Responses, Sampler, latency_stats, log_events, log_size, rss_bytes
 from perf.results import begin, cores_text, figure, goals, ms, save, setup, style, table, verdict, write_csv, write_summary
-from perf.runs import client_stats, loadgen, run_client
+from perf.runs import client_stats, loadgen, run_client, scenario_parser
 from perf.stack import Stack, StackError, cpu_list, pin, wait_child
 from webapp.downloads import CHUNK_BYTES
 
@@ -174,8 +174,7 @@ def concurrent_downloads(args: argparse.Namespace, raw: Path, stack: Stack, rig:
     wait_child(prober, name, 30)
     if any(thread.is_alive() for thread in threads):
         raise StackError(f"downloads still running after {TIMEOUT_S:g}s")
-    probes = Responses.read(raw / f"{name}.csv")
-    probes.start_s += client_stats(prober, raw / f"{name}.csv")["t0_epoch"] - started  # on the downloads' clock
+    probes = Responses.read(raw / f"{name}.csv", client_stats(prober, raw / f"{name}.csv")["t0_epoch"] - started)  # downloads' clock
     during = probes.where((probes.start_s >= 0) & (probes.start_s <= ended - started))
     return {"fetched": [r for r in results if r is not None], "probes": probes, "during": during,
             "healthz": latency_stats(during.latency_ms), "seconds": ended - started, "cores": cores, "rig": rig,
@@ -210,8 +209,7 @@ def plot(out: Path, idle_rss: float, single: list[tuple[float, float]], many: di
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m perf --scenario download", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="shorter idle comparisons; the object and downloads stay")
+    parser = scenario_parser("download", __doc__, "shorter idle comparisons; the object and downloads stay", workers=0)
     parser.add_argument("--rig-cpus", default="auto", help="cores of the S3 stand-in and the readers during the concurrent "
                         "downloads: auto (every core but the first), all (anywhere, and no comparison run), or a list")
     args = parser.parse_args(argv)

@@ -40,7 +40,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve", action="store_true", help="run the echo server (used by the scenarios)")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--threads", type=int, default=16)
-    parser.add_argument("--keepalive-s", type=int, default=60)
     parser.add_argument("--flask", action="store_true", help="serve the echo through a one-route Flask app")
     args, rest = parser.parse_known_args(argv)
     if not args.serve:
@@ -51,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "Task queue depth is N" on every burst
     serve(flask_app() if args.flask else app, host="127.0.0.1", port=args.port, threads=args.threads,
-          channel_timeout=args.keepalive_s, connection_limit=1000, ident="perf-echo", _quiet=True)
+          channel_timeout=60, connection_limit=1000, ident="perf-echo", _quiet=True)
     return 0
 
 

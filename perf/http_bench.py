@@ -10,23 +10,9 @@ from collections import Counter
 from pathlib import Path
 
 from perf import echo as echo_module
-from perf.measure import PERCENTILES, Responses, Sampler
-from perf.results import (
-    begin,
-    figure,
-    goals,
-    markdown_table,
-    ms,
-    plot_percentiles,
-    plot_statuses,
-    save,
-    setup,
-    style,
-    verdict,
-    write_csv,
-    write_summary,
-)
-from perf.runs import RUN_HEADERS, Run, by_quick, drive, echo_baseline, probing, run_client, scenario_parser, server_env, stats_of, warm_up
+from perf import results
+from perf.measure import Responses, Sampler
+from perf.runs import Run, drive, echo_baseline, parse, probing, run_client, scenario_parser, server_env, stats_of, warm_up
 from perf.stack import Stack
 
 HEALTHZ_GOAL_P99_MS = 20.0
@@ -35,14 +21,9 @@ IDLE_PROBE_S = 3.0
 
 
 def parse_args(argv: list[str] | None, scenario: str = "http") -> argparse.Namespace:
-    parser = scenario_parser(scenario, __doc__, "8 s runs instead of 20 s", threads=16)
-    parser.add_argument("--duration-s", type=float, default=None, help="length of each run (default 20, --quick 8)")
-    parser.add_argument("--warmup-s", type=float, default=None, help="left out of the figures (default 2, --quick 1)")
+    parser = scenario_parser(scenario, __doc__, "8 s runs instead of 20 s", threads=16, runs=True)
     parser.add_argument("--connections", type=int, default=64)
-    args = by_quick(parser.parse_args(argv), duration_s=(20.0, 8.0), warmup_s=(2.0, 1.0))
-    if args.warmup_s >= args.duration_s:
-        parser.error("--warmup-s must be shorter than --duration-s")
-    return args
+    return parse(parser, argv)
 
 
 def measure(args: argparse.Namespace, raw: Path, stack: Stack) -> tuple[Run, list[Run], list[tuple[float, int]]]:
@@ -58,17 +39,16 @@ def measure(args: argparse.Namespace, raw: Path, stack: Stack) -> tuple[Run, lis
     t0 = predict.client["t0_epoch"]
     health = []
     for name, (label, _) in PROBES.items():  # the probes started a moment before the /predict client: on its clock
-        probed = Responses.read(files[name])
-        probed.start_s += stats_of(files[name])["t0_epoch"] - t0
+        probed = Responses.read(files[name], stats_of(files[name])["t0_epoch"] - t0)
         health.append(Run(label, probed, stats_of(files[name]), None, (args.warmup_s, args.duration_s)))
     return predict, [*health, idle], [(t + depth.t0_epoch - t0, d) for t, d in depth.samples]
 
 
 def plot(out: Path, args: argparse.Namespace, predict: Run, echo: Run, health: list[Run], depth: list[tuple[float, int]]) -> None:
     title = f"http: {args.connections} keep-alive connections, {args.duration_s:g} s each"
-    fig, (p_ax, e_ax, h_ax) = figure(3, f"{title}: latency percentiles per second")
-    plot_percentiles(p_ax, predict.per_second, "/predict", title="/predict")
-    plot_percentiles(e_ax, echo.per_second, "echo", title=echo.name)
+    fig, (p_ax, e_ax, h_ax) = results.figure(3, f"{title}: latency percentiles per second")
+    results.plot_percentiles(p_ax, predict.per_second, "/predict", title="/predict")
+    results.plot_percentiles(e_ax, echo.per_second, "echo", title=echo.name)
     for run, colour in zip(health[:2], ("tab:blue", "tab:green"), strict=True):
         h_ax.plot(run.responses.end_s, run.responses.latency_ms, ".", markersize=2.5, color=colour, alpha=0.6,
                   label=f"{run.name}: each probe")
@@ -76,42 +56,31 @@ def plot(out: Path, args: argparse.Namespace, predict: Run, echo: Run, health: l
                   color=colour, linewidth=1.2, label=f"{run.name}: p99 per second")
     h_ax.axhline(HEALTHZ_GOAL_P99_MS, color="red", linewidth=0.8, label=f"goal p99 {HEALTHZ_GOAL_P99_MS:g} ms")
     h_ax.axvspan(0, args.duration_s, color="tab:orange", alpha=0.08, label="/predict load running")
-    style(h_ax, f"/healthz while /predict runs at {args.connections} connections", ylabel="latency (ms)", log="y", below=3)
-    save(fig, out / "http_latency.png")
-    fig, (p_ax, e_ax, q_ax) = figure(3, f"{title}: throughput per second")
+    results.style(h_ax, f"/healthz while /predict runs at {args.connections} connections", ylabel="latency (ms)", log="y", below=3)
+    results.save(fig, out / "http_latency.png")
+    fig, (p_ax, e_ax, q_ax) = results.figure(3, f"{title}: throughput per second")
     for ax, run in ((p_ax, predict), (e_ax, echo)):
-        ax.plot([r["second"] for r in run.per_second], [r["responses"] for r in run.per_second], marker="o",
-                markersize=3, label=f"{run.name}: {run.throughput:.0f}/s over the window")
-        ax.axvline(args.warmup_s, color="grey", linewidth=0.8, linestyle=":", label="end of warm-up")
-        style(ax, f"{run.name}: responses per second", ylabel="responses / s", legend="lower right", bottom=0)
+        results.plot_throughput(ax, {run.name: run}, args.warmup_s, f"{run.name}: responses per second")
     q_ax.plot([t for t, _ in depth], [d for _, d in depth], color="tab:purple")
-    style(q_ax, "interactive queue length (requests waiting in Redis) during the /predict run: above 0, the workers "
-          "are the limit", ylabel="requests waiting", legend=None, bottom=0)
-    save(fig, out / "http_throughput.png")
-    fig, axes = figure(2, f"{title}: status codes per second")
+    results.style(q_ax, "interactive queue length (requests waiting in Redis) during the /predict run: above 0, the workers "
+                  "are the limit", ylabel="requests waiting", legend=None, bottom=0)
+    results.save(fig, out / "http_throughput.png")
+    fig, axes = results.figure(2, f"{title}: status codes per second")
     for ax, run in zip(axes, (predict, echo), strict=True):
-        plot_statuses(ax, run.responses, f"{run.name}: responses per second by status code", len(run.per_second))
-    save(fig, out / "http_status.png")
+        results.plot_statuses(ax, run.responses, f"{run.name}: responses per second by status code", len(run.per_second))
+    results.save(fig, out / "http_status.png")
 
 
 def write_tables(out: Path, args: argparse.Namespace, runs: list[Run]) -> None:
-    write_csv(out / "http_summary.csv",
-              ["endpoint", "connections", "window_s", "responses_in_window", "throughput_per_s",
-               *(f"p{p}_ms" for p in PERCENTILES), "max_ms", "non_200", "invalid_bodies", "client_cores"],
-              [[r.name, 1 if r.name.startswith("/healthz") else args.connections, args.duration_s - args.warmup_s,
-                len(r.window), round(r.throughput, 1), *(round(r.stats[f"p{p}"], 3) for p in PERCENTILES),
-                round(r.stats["max"], 3), int((r.responses.status != 200).sum()), sum(r.responses.invalid().values()),
-                r.cores["client"]] for r in runs])
-    fields = ("responses", "p50_ms", "p95_ms", "p99_ms")
-    write_csv(out / "http_per_second.csv", ["second"] + [f"{run}_{f}" for run in ("predict", "echo") for f in (*fields, "non_200")],
-              [[p["second"]] + [v for row in (p, e) for v in (*(row[f] for f in fields),
-                                                             sum(n for c, n in row["statuses"].items() if c != 200))]
-               for p, e in zip(runs[0].per_second, runs[1].per_second, strict=True)])
+    results.write_csv(out / "http_summary.csv", ["endpoint", "connections", "window_s", *Run.CSV_COLUMNS, "client_cores"],
+                      [[r.name, 1 if r.name.startswith("/healthz") else args.connections, args.duration_s - args.warmup_s, *r.csv_cells(),
+                        r.cores["client"]] for r in runs])
+    results.per_second_csv(out / "http_per_second.csv", {"predict": runs[0].per_second, "echo": runs[1].per_second})
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    info, out, raw = begin("http")
+    info, out, raw = results.begin("http")
     with Stack(raw / "logs", env=server_env(args)) as stack:
         warm_up(stack.url)
         echo = echo_baseline(raw, args.duration_s, args.connections, args.threads)
@@ -122,16 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     invalid = sum((run.responses.invalid() for run in runs), Counter())
     per_answer = {name: sum(v for k, v in run.cores.items() if k.startswith(name)) * 1000 / max(run.throughput, 1e-9)
                   for name, run in (("api", predict), ("echo", echo), ("worker", predict))}
-    write_summary(out, "http: /predict next to bare waitress", info, __doc__, [
-        setup(args, stack.overrides),
-        goals("http", ["goal", "this run", "verdict"], [
+    results.write_summary(out, "http: /predict next to bare waitress", info, __doc__, [
+        results.setup(args, stack.overrides),
+        results.goals("http", ["goal", "this run", "verdict"], [
             [f"/healthz p99 <= {HEALTHZ_GOAL_P99_MS:g} ms while /predict runs, {run.name}",
-             f"p99 {ms(run.stats['p99'])} ms over {run.stats['count']} probes, max {ms(run.stats['max'])} ms",
-             verdict(run.stats["p99"], HEALTHZ_GOAL_P99_MS)] for run in health[:2]]),
-        "## Results\n\n" + markdown_table(RUN_HEADERS, [run.row() for run in runs]),
+             f"p99 {results.ms(run.stats['p99'])} ms over {run.stats['count']} probes, max {results.ms(run.stats['max'])} ms",
+             results.verdict(run.stats["p99"], HEALTHZ_GOAL_P99_MS)] for run in health[:2]]),
+        "## Results\n\n" + results.markdown_table(Run.HEADERS, [run.row() for run in runs]),
         f"- /predict / echo: **{predict.throughput / max(echo.throughput, 1e-9):.2f}x** the throughput; p50 "
         f"{predict.stats['p50'] / echo.stats['p50']:.1f}x, p99 {predict.stats['p99'] / echo.stats['p99']:.1f}x the latency.\n"
-        f"- /healthz p99 with the API idle: {ms(health[2].stats['p99'])} ms. Fresh minus kept-alive is the cost of accepting "
+        f"- /healthz p99 with the API idle: {results.ms(health[2].stats['p99'])} ms. Fresh minus kept-alive is the cost of accepting "
         "a connection under load; kept-alive minus idle, the wait for the API's GIL and a CPU.\n"
         f"- CPU per answer: API {per_answer['api']:.1f} ms (echo server {per_answer['echo']:.2f} ms), worker "
         f"{per_answer['worker']:.1f} ms.\n- Invalid bodies or transport errors: {dict(invalid) or 'none'}; /predict answered "
@@ -145,17 +114,17 @@ def main(argv: list[str] | None = None) -> int:
 def run_echo_only(argv: list[str]) -> int:
     """Scenario `echo`: the bare-waitress baseline alone."""
     args = parse_args(argv, "echo")
-    info, out, raw = begin("echo")
+    info, out, raw = results.begin("echo")
     echo = echo_baseline(raw, args.duration_s, args.connections, args.threads)
-    write_csv(out / "echo_per_second.csv", ["second", "responses", "p50_ms", "p95_ms", "p99_ms"],
-              [[r["second"], r["responses"], r["p50_ms"], r["p95_ms"], r["p99_ms"]] for r in echo.per_second])
-    fig, (l_ax, s_ax) = figure(2, f"echo (bare waitress, {args.threads} threads): {args.connections} connections")
-    plot_percentiles(l_ax, echo.per_second, "echo")
-    plot_statuses(s_ax, echo.responses, "echo: responses per second by status code", len(echo.per_second))
-    save(fig, out / "echo.png")
-    write_summary(out, "echo: bare waitress baseline", info, echo_module.__doc__, [setup(args), markdown_table(RUN_HEADERS, [echo.row()])],
-                  {"echo.png": "latency percentiles and statuses per second", "echo_per_second.csv": "the series"})
-    print(f"echo: {echo.throughput:.0f}/s, p50 {ms(echo.stats['p50'])} p99 {ms(echo.stats['p99'])} ms", flush=True)
+    results.per_second_csv(out / "echo_per_second.csv", {"echo": echo.per_second})
+    fig, (l_ax, s_ax) = results.figure(2, f"echo (bare waitress, {args.threads} threads): {args.connections} connections")
+    results.plot_percentiles(l_ax, echo.per_second, "echo")
+    results.plot_statuses(s_ax, echo.responses, "echo: responses per second by status code", len(echo.per_second))
+    results.save(fig, out / "echo.png")
+    results.write_summary(out, "echo: bare waitress baseline", info, echo_module.__doc__,
+                          [results.setup(args), results.markdown_table(Run.HEADERS, [echo.row()])],
+                          {"echo.png": "latency percentiles and statuses per second", "echo_per_second.csv": "the series"})
+    print(f"echo: {echo.throughput:.0f}/s, p50 {results.ms(echo.stats['p50'])} p99 {results.ms(echo.stats['p99'])} ms", flush=True)
     return 1 if echo.responses.invalid() else 0
 
 

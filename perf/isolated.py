@@ -26,9 +26,7 @@ def main(argv: list[str] | None = None) -> int:
                                    extra=args.locust_extra))
     rows, files = [], {}
     for run in runs:
-        locust_runs.write_run_csvs(out, run)
-        locust_runs.plot_run(out, run)
-        files.update(locust_runs.run_files(run))
+        files.update(locust_runs.write_run(out, run))
         s, rate = run.stats("/predict"), run.throughput("/predict")
         rows.append([run.name.removeprefix("isolated-"), f"{rate:.0f}", f"{rate / max(echo.throughput, 1e-9):.2f}",
                      ms(s["p50"]), ms(s["p95"]), ms(s["p99"]), counts(run.endpoints["/predict"].statuses()),

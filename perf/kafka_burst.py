@@ -1,12 +1,6 @@
-"""Scenario `kafka-burst` (`python -m perf.kafka_burst [--claims 10000] [--maxsize 40,512]`): a burst of claims
-through the Kafka bridge, once per QUEUE_MAXSIZE with /predict probed meanwhile, then `--alone` without it.
-
-Each burst on a stack of its own: the bridge's in-flight count against the bound (sampled every 50 ms with its
-RSS by a process of its own), its pauses and resumes, the drain rate, the results and committed offsets, and
-/predict latency idle and while the burst drains. By default the lanes are split and the bulk lane (its worker
-node, the bridge, the S3 stand-in and the broker) runs at SCHED_IDLE on every core but the first beside /predict
-(`--lanes`, `--bulk-priority`, `--bulk-cpus`, `--workers`). `summary.md` covers every run in the day's folder.
-"""
+"""Scenario `kafka-burst` (issue 5): a burst of claims through the Kafka bridge, once per QUEUE_MAXSIZE with /predict
+probed meanwhile, then `--alone` without it: in flight against the bound, pauses and resumes, the drain rate, the
+results and committed offsets, and /predict latency idle and while the burst drains."""
 
 from __future__ import annotations
 
@@ -29,7 +23,7 @@ from devtools.processes import PYTHON, ManagedProcess, http_ok
 from perf.kafka_plots import plot_inflight, plot_lag, write_summary
 from perf.measure import Responses, Sampler, metrics_and_rss, percentile, rss_bytes
 from perf.results import begin, write_csv
-from perf.runs import by_quick, loadgen, run_client
+from perf.runs import by_quick, loadgen, run_client, scenario_parser
 from perf.stack import Stack, cpu_list, pin
 from settings import Settings
 from tasks.demo_model import SAMPLE_KEY
@@ -229,9 +223,8 @@ def changes(samples: list[tuple[float, Any]]) -> list[tuple[float, int, float, f
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m perf --scenario kafka-burst", description=__doc__.splitlines()[0])
+    parser = scenario_parser("kafka-burst", __doc__, "2,000 claims", workers=0)
     parser.add_argument("--claims", type=int, default=None, help="claims published (default 10,000; --quick 2,000)")
-    parser.add_argument("--quick", action="store_true", help="2,000 claims")
     parser.add_argument("--maxsize", default="40,512", help="QUEUE_MAXSIZE, comma-separated: one burst for each")
     parser.add_argument("--workers", type=int, default=None,
                         help="QUEUE_WORKERS of the bulk node (split; default: the cores less one beside /predict, every "
@@ -250,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = [(int(size), True, args.label) for size in args.maxsize.split(",") if size.strip()]
     runs += [(int(size), False, "-".join(part for part in (args.label, "alone") if part))
              for size in args.alone.split(",") if size.strip()]
-    _, out, raw = begin("kafka-burst", fresh=False)  # the day's folder gathers every run, variants included
+    info, out, raw = begin("kafka-burst", fresh=False)  # the day's folder gathers every run, variants included
     ok = True
     for maxsize, api, label in runs:
         workers = args.workers or default_workers(split=args.lanes == "split", beside_predict=api)
@@ -265,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         plot_inflight(out, name, rows, series, maxsize)
         plot_lag(out, name, series)
         (out / f"run-{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-        write_summary(out)
+        write_summary(out, info, __doc__)
         print(json.dumps(result, indent=2))
         ok = ok and result["within_bound"] and result["results_complete"] and result["committed_at_end"]
     return 0 if ok else 1

@@ -6,18 +6,17 @@ the day's folder. Times are seconds since the in-flight sampler started, just be
 
 from __future__ import annotations
 
-import csv
-import datetime as dt
 import json
-import os
-import socket
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from perf import results
 from perf.measure import percentile
-from perf.results import figure, markdown_table, save, style, verdict
+from perf.results import figure, save, style, verdict
 from settings import Settings
 
 ZOOM_S = 10.0
@@ -73,7 +72,7 @@ def plot_inflight(out: Path, name: str, rows: Sequence[Sequence[float]], series:
             ax.axvspan(start, stop, color="tab:orange", alpha=0.15, linewidth=0)
         ax.set_ylim(0, maxsize * 1.15)
     all_ax.axvspan(0, 0, color="tab:orange", alpha=0.15, label=f"paused ({len(spans)} spans, from the log events)")
-    events = event_counts(flow)
+    events = Counter(event for _, event, _ in flow)
     style(all_ax, f"the whole run: {events['consumer_paused']} consumer_paused, {events['consumer_resumed']} "
           "consumer_resumed", "seconds since the first publish", "claims in flight", below=3)
     zoom = (max(0.0, end_s / 2 - ZOOM_S / 2), min(end_s, end_s / 2 + ZOOM_S / 2)) if end_s else (0.0, ZOOM_S)
@@ -91,10 +90,6 @@ def plot_inflight(out: Path, name: str, rows: Sequence[Sequence[float]], series:
                       "green = consumer_resumed;\ngrey (right axis) = the bridge_consumer_paused gauge as sampled", fontsize=9)
     style(zoom_ax, "", "seconds since the first publish", "claims in flight", legend=None)
     save(fig, out / f"inflight-{name}.png")
-
-
-def event_counts(flow: Sequence[tuple[float, str, Any]]) -> dict[str, int]:
-    return {event: sum(1 for e in flow if e[1] == event) for event in ("consumer_paused", "consumer_resumed")}
 
 
 def total_over_time(per_partition: Mapping[int, Sequence[tuple[float, float]]]) -> list[tuple[float, float]]:
@@ -139,14 +134,10 @@ def plot_lag(out: Path, name: str, series: Mapping[str, Any]) -> None:
 
 def sample_gaps(path: Path) -> dict[str, Any]:
     """The sampler's own timing: it shares 2 cores with the whole stack, so say how regular it was."""
-    if not path.exists():
+    gaps = np.diff(np.loadtxt(path, delimiter=",", skiprows=1, usecols=0, ndmin=1)) if path.exists() else np.array([])
+    if not gaps.size:
         return {}
-    with open(path) as handle:
-        times = [float(row["t_s"]) for row in csv.DictReader(handle)]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    if not gaps:
-        return {}
-    return {"sample_gap_p99_ms": round(percentile(gaps, 99) * 1000, 1), "gaps_over_100ms": sum(1 for gap in gaps if gap > 0.1)}
+    return {"sample_gap_p99_ms": round(percentile(gaps, 99) * 1000, 1), "gaps_over_100ms": int((gaps > 0.1).sum())}
 
 
 def run_name(run: Mapping[str, Any]) -> str:
@@ -169,25 +160,23 @@ def goal_rows(runs: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
     return rows
 
 
-def write_summary(out: Path) -> None:
+def write_summary(out: Path, info: Mapping[str, Any], doc: str | None) -> None:
     """summary.md from every run-maxsize<N>.json (and its samples CSV) in `out`."""
     runs = sorted((json.loads(path.read_text()) for path in out.glob("run-maxsize*.json")),
                   key=lambda r: (r["maxsize"], r.get("label") or ""))
     for each in runs:
         each.update(sample_gaps(out / f"samples-maxsize{each['maxsize']}{'-' + each['label'] if each.get('label') else ''}.csv"))
     servers = ", ".join(dict.fromkeys(run.get("s3_server", "moto") for run in runs))
-    lines = [
-        f"# Kafka burst through the bridge ({socket.gethostname()}, {dt.date.today().isoformat()})", "",
-        f"{os.cpu_count()} CPUs. Each run: its own Redis, S3 server ({servers}), Tansu broker, the Celery workers (split "
+    results.write_summary(out, "kafka-burst: a burst of claims through the bridge", info, doc, [
+        f"Each run: its own Redis, S3 server ({servers}), Tansu broker, the Celery workers (split "
         "lanes: an interactive node, and a bulk node of QUEUE_WORKERS processes which, with the bridge and the S3 "
         "stand-in and Kafka broker that only the bulk lane uses, runs at the bulk lane's CPU priority and on its "
         "cores), the bridge and the API; N claims published at once on a 4-partition topic, each claim scoring the "
         "256-row demo Parquet file. In-flight and RSS (MiB) sampled every 50 ms from the bridge's /metrics and /proc by "
         "a process of its own. Drain rate: N over the time from the first publish until every partition's committed "
-        "offset reached its end. /predict: one client, back to back.", "",
-        markdown_table(["", *(run_name(r) for r in runs)], [[label, *(str(r.get(key)) for r in runs)] for key, label in FIELDS]),
-        "", "## Goals", "", markdown_table(["goal", "run", "this run", "verdict"], goal_rows(runs)), "",
-        "Per run `<run>` (maxsize<N>[-label]): `samples-<run>.csv` (t_s, in_flight, paused, rss_mb), `run-<run>.json` "
-        "(the figures), `inflight-<run>.png` and `lag-<run>.png` (perf/kafka_plots.py), their series in `lag-`, "
-        "`published-committed-` and `flow-<run>.csv`.", ""]
-    (out / "summary.md").write_text("\n".join(lines))
+        "offset reached its end. /predict: one client, back to back.",
+        results.markdown_table(["", *(run_name(r) for r in runs)], [[label, *(str(r.get(key)) for r in runs)] for key, label in FIELDS]),
+        "## Goals\n\n" + results.markdown_table(["goal", "run", "this run", "verdict"], goal_rows(runs))],
+        {"samples-<run>.csv": "t_s, in_flight, paused, rss_mb, per run `<run>` (maxsize<N>[-label])",
+         "run-<run>.json": "the figures", "inflight-<run>.png, lag-<run>.png": "the plots",
+         "lag-<run>.csv, published-committed-<run>.csv, flow-<run>.csv": "their series"})

@@ -1,11 +1,5 @@
 """`python -m perf.loadgen load|probe|paced`: the load client, a process of its own so its CPU use is its own.
-
-`load`: a closed loop over N keep-alive connections in one epoll loop. `probe`: one request every
-`--interval-ms`, on a fresh connection each time (`--keepalive`: one reused connection). `paced`: an open loop,
-request i due at i / `--rate` and timed from then, over a pool of at most `--connections` (no coordinated
-omission). Each run stops by itself; every response goes to `--out` as CSV (start_s, latency_ms, status: 0 for
-a transport error, valid by perf/checks.py, detail) and a JSON stats line to stdout. perf/README.md says more.
-"""
+Every response goes to `--out` as CSV and a JSON stats line to stdout; the modes: perf/README.md, "The load client"."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""Locust for `original`, `isolated` and `overload --client locust`: run headless against a stack, every response
-recorded by the locustfile (Locust's own CSVs, kept as they are, round response times and have no status codes
-over time), the API's queue sampled meanwhile (its /metrics, and Redis directly: under load the API answers
-/metrics late or not at all); `LoadRun` holds one such run, or an open-loop run of `overload`.
-"""
+"""Locust for `original`, `isolated` and `overload --client locust`, headless against a stack with the queue sampled
+meanwhile (how: perf/README.md); `LoadRun` holds one such run, or an open-loop run of `overload`."""
 
 from __future__ import annotations
 
@@ -19,12 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from devtools.processes import PYTHON, ROOT, ManagedProcess, http_ok
-from devtools.services import free_port
+from devtools.processes import PYTHON, ROOT, ManagedProcess
+from perf import results
 from perf.checks import ACCEPTED
-from perf.measure import PERCENTILES, CpuMeter, Responses, Sampler, latency_stats, scrape_metrics
-from perf.results import cores_text, counts, figure, markdown_table, ms, plot_percentiles, plot_statuses, save, style, write_csv
-from perf.runs import Run, by_quick, echo_baseline, scenario_parser, server_env, warm_up
+from perf.measure import CpuMeter, Responses, Sampler, latency_stats, scrape_metrics
+from perf.runs import Run, by_quick, echo_baseline, echo_server, scenario_parser, server_env, warm_up
 from perf.stack import Stack, StackError, child_env, wait_child
 
 QUEUE_INTERVAL_S = 0.25
@@ -110,11 +106,8 @@ class LoadRun:
         return len(self.exited) + sum(r.broken() + int(np.isin(r.status, (0, 500)).sum()) for r in self.endpoints.values())
 
     def queue_max(self) -> dict[str, float]:
-        found: dict[str, float] = {}
-        for _, values in self.queue:
-            for key, value in values.items():
-                found[key] = max(found.get(key, 0.0), value)
-        return found
+        keys = {key for _, values in self.queue for key in values}
+        return {key: max(values.get(key, 0.0) for _, values in self.queue) for key in keys}
 
 
 # -- running Locust ----------------------------------------------------------------------------------
@@ -148,13 +141,13 @@ def profile_stack(args: argparse.Namespace, raw: Path) -> Iterator[tuple[Stack, 
 
 
 def profile_setup(args: argparse.Namespace, run: LoadRun, users: str, echo: Run) -> str:
-    return "## Set-up\n\n" + markdown_table(["setting", "value"], [
+    return "## Set-up\n\n" + results.markdown_table(["setting", "value"], [
         ["Locust", f"{run.client}: {users} users, spawn rate {args.spawn_rate:g}/s, {args.run_time_s:g} s, "
                    f"{args.locust_processes or 1} process(es)"],
         ["worker", f"1 Celery worker process, QUEUE_WORKERS={args.workers}"],
         ["API", f"HTTP_PROCESSES={args.processes}, HTTP_THREADS={args.threads}, other settings at their defaults"],
         ["echo baseline", f"perf.loadgen closed loop, 64 connections, {args.echo_s:g} s: {echo.throughput:.0f}/s, "
-                          f"p50 {ms(echo.stats['p50'])} ms, p99 {ms(echo.stats['p99'])} ms"]])
+                          f"p50 {results.ms(echo.stats['p50'])} ms, p99 {results.ms(echo.stats['p99'])} ms"]])
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -217,10 +210,7 @@ def flask_echo_reference(out: Path, *, users: int, spawn_rate: float, run_time_s
     """`FlaskEchoUser` (the original profile's pacing) against the one-route Flask echo on waitress: what a Flask
     app doing nothing gets from the same Locust profile on this machine."""
     raw = out / "raw"
-    port = free_port()
-    command = [PYTHON, "-m", "perf.echo", "--serve", "--flask", "--port", str(port), "--threads", str(threads)]
-    with ManagedProcess("flask-echo-reference", command, child_env({}), raw) as server:
-        server.wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/echo", 405), 30, "/echo")  # POST only
+    with echo_server(raw, "flask-echo-reference", threads, flask=True) as (port, _):
         endpoints, _, _ = locust("flask-echo", "FlaskEchoUser", f"http://127.0.0.1:{port}", raw, child_env({}),
                                  users=users, spawn_rate=spawn_rate, run_time_s=run_time_s)
     return endpoints["/echo"]
@@ -244,8 +234,8 @@ def run_section(run: LoadRun) -> str:
     rows = []
     for name, responses in run.endpoints.items():
         s, theirs = run.stats(name), own.get(name)
-        rows.append([name, len(responses), f"{run.throughput(name):.0f}", *(ms(s[k]) for k in ("p50", "p95", "p99", "max")),
-                     counts(responses.statuses()), counts(run.failures(name).statuses()), responses.broken(),
+        rows.append([name, len(responses), f"{run.throughput(name):.0f}", *(results.ms(s[k]) for k in ("p50", "p95", "p99", "max")),
+                     results.counts(responses.statuses()), results.counts(run.failures(name).statuses()), responses.broken(),
                      f"{theirs['50%']} / {theirs['95%']} / {theirs['99%']}; {theirs['Failure Count']} failures"
                      if theirs else "n/a"])
     failures: list[list[Any]] = ([[row["Name"], row["Error"][:160], row["Occurrences"]] for row in run.locust_failures]
@@ -254,16 +244,27 @@ def run_section(run: LoadRun) -> str:
     return "\n\n".join([
         f"### {run.title}",
         *(f"**{line}** (during or just after this run)" for line in run.exited),
-        markdown_table(ENDPOINT_HEADERS, rows),
-        "Failures by message:\n\n" + markdown_table(["endpoint", "message", "occurrences"], failures) if failures
+        results.markdown_table(ENDPOINT_HEADERS, rows),
+        "Failures by message:\n\n" + results.markdown_table(["endpoint", "message", "occurrences"], failures) if failures
         else "No failures (every answer a 200, or a 429/503 with the contract's body and Retry-After).",
-        f"- client: {run.client}; cores used during the run: {cores_text(run.cores)}.\n"
+        f"- client: {run.client}; cores used during the run: {results.cores_text(run.cores)}.\n"
         "- deepest queue: " + (", ".join(f"{k} {v:.0f}" for k, v in sorted(run.queue_max().items())) or "no sample")
         + f" ({samples} samples of the API's /metrics in {run.seconds} s); most requests awaiting an answer at once "
           f"(the client's count): {max((n for _, n in run.outstanding()), default=0):.0f}."])
 
 
-def run_files(run: LoadRun) -> dict[str, str]:
+def write_run(out: Path, run: LoadRun, goals_ms: Mapping[str, float] | None = None,
+              latency: Mapping[str, Responses] | None = None) -> dict[str, str]:
+    """A run's figures (<name>_endpoints.csv), series (_per_second.csv, _queue.csv) and plots (`plot_run`) in `out`;
+    what each file holds, for the summary."""
+    results.write_csv(out / f"{run.name}_endpoints.csv",
+                      ["endpoint", "responses", "throughput_per_s", *results.STAT_COLUMNS, "failures", "invalid_bodies", "statuses"],
+                      [[name, len(r), round(run.throughput(name), 1), *results.stat_cells(run.stats(name)), len(run.failures(name)), r.broken(),
+                        results.counts(r.statuses())] for name, r in run.endpoints.items()])
+    results.per_second_csv(out / f"{run.name}_per_second.csv", {name: run.per_second(name) for name in run.endpoints}, "endpoint")
+    results.write_csv(out / f"{run.name}_queue.csv", ["t_s", "series", "value"],
+                      [[round(t, 3), key, value] for t, values in run.queue for key, value in values.items()])
+    plot_run(out, run, goals_ms, latency)
     files = {f"{run.name}_{kind}.png": what for kind, what in (
         ("latency", "latency percentiles per second"), ("throughput", "answers per second and the queue"),
         ("status", "status codes per second"))}
@@ -273,35 +274,18 @@ def run_files(run: LoadRun) -> dict[str, str]:
     return files
 
 
-def write_run_csvs(out: Path, run: LoadRun) -> None:
-    """<name>_endpoints.csv (the figures), <name>_per_second.csv and <name>_queue.csv (the series)."""
-    write_csv(out / f"{run.name}_endpoints.csv",
-              ["endpoint", "responses", "throughput_per_s", *(f"p{p}_ms" for p in PERCENTILES), "max_ms", "failures",
-               "invalid_bodies", "statuses"],
-              [[name, len(r), round(run.throughput(name), 1), *(round(run.stats(name)[f"p{p}"], 3) for p in PERCENTILES),
-                round(run.stats(name)["max"], 3), len(run.failures(name)), r.broken(), counts(r.statuses())]
-               for name, r in run.endpoints.items()])
-    write_csv(out / f"{run.name}_per_second.csv",
-              ["second", "endpoint", "responses", *(f"p{p}_ms" for p in PERCENTILES), "max_ms", "statuses"],
-              [[row["second"], name, row["responses"], *(row[f"p{p}_ms"] for p in PERCENTILES), row["max_ms"],
-                " ".join(f"{code}:{n}" for code, n in sorted(row["statuses"].items()))]
-               for name in run.endpoints for row in run.per_second(name)])
-    write_csv(out / f"{run.name}_queue.csv", ["t_s", "series", "value"],
-              [[round(t, 3), key, value] for t, values in run.queue for key, value in values.items()])
-
-
 def plot_run(out: Path, run: LoadRun, goals_ms: Mapping[str, float] | None = None,
              latency: Mapping[str, Responses] | None = None) -> list[Path]:
     """<name>_latency.png (per endpoint, or per group of `latency`), <name>_throughput.png (with the queue)
     and <name>_status.png."""
     groups = latency or run.endpoints
-    fig, axes = figure(len(groups), f"{run.title}: latency percentiles per second")
+    fig, axes = results.figure(len(groups), f"{run.title}: latency percentiles per second")
     for ax, (name, responses) in zip(axes, groups.items(), strict=True):
-        plot_percentiles(ax, responses.per_second(run.seconds), name, (goals_ms or {}).get(name),
-                         f"{name}: percentiles of the answers completed in each second ({run.client})")
-    paths = [save(fig, out / f"{run.name}_latency.png")]
+        results.plot_percentiles(ax, responses.per_second(run.seconds), name, (goals_ms or {}).get(name),
+                                 f"{name}: percentiles of the answers completed in each second ({run.client})")
+    paths = [results.save(fig, out / f"{run.name}_latency.png")]
 
-    fig, (t_ax, q_ax) = figure(2, f"{run.title}: throughput and queue over time")
+    fig, (t_ax, q_ax) = results.figure(2, f"{run.title}: throughput and queue over time")
     for name in run.endpoints:
         per = run.per_second(name)
         t_ax.plot([r["second"] for r in per], [r["responses"] - r["statuses"].get(0, 0) for r in per], marker="o",
@@ -311,8 +295,8 @@ def plot_run(out: Path, run: LoadRun, goals_ms: Mapping[str, float] | None = Non
                       label=f"{name}: of which 200")
     if run.offered_per_s:
         t_ax.axhline(run.offered_per_s, color="grey", linestyle=":", label=f"offered {run.offered_per_s:.0f} req/s")
-    style(t_ax, "answers per second by endpoint (by completion time; transport errors left out)",
-          ylabel="responses / s", legend=None, bottom=0)
+    results.style(t_ax, "answers per second by endpoint (by completion time; transport errors left out)",
+                  ylabel="responses / s", legend=None, bottom=0)
     handles, labels = t_ax.get_legend_handles_labels()
     if run.users:
         u_ax = t_ax.twinx()
@@ -322,14 +306,14 @@ def plot_run(out: Path, run: LoadRun, goals_ms: Mapping[str, float] | None = Non
         u_ax.set_ylim(bottom=0)
     t_ax.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
     plot_queue(q_ax, run.queue, run.outstanding())
-    paths.append(save(fig, out / f"{run.name}_throughput.png"))
+    paths.append(results.save(fig, out / f"{run.name}_throughput.png"))
 
-    fig, axes = figure(len(run.endpoints), f"{run.title}: status codes per second")
+    fig, axes = results.figure(len(run.endpoints), f"{run.title}: status codes per second")
     for ax, name in zip(axes, run.endpoints, strict=True):
-        plot_statuses(ax, run.endpoints[name], f"{name}: responses per second by status code", run.seconds)
+        results.plot_statuses(ax, run.endpoints[name], f"{name}: responses per second by status code", run.seconds)
         if clip_outlier(ax, [row["responses"] for row in run.per_second(name)]):
             ax.legend(fontsize=8, loc="upper left")  # the clipped total is written at the top right
-    paths.append(save(fig, out / f"{run.name}_status.png"))
+    paths.append(results.save(fig, out / f"{run.name}_status.png"))
     return paths
 
 
@@ -357,8 +341,8 @@ def plot_queue(ax: Any, queue: Sequence[tuple[float, Mapping[str, float]]], outs
     for key, points in sorted(series.items(), key=lambda item: item[0] == REDIS_DEPTH):
         ax.plot([t for t, _ in points], [v for _, v in points], marker=".", markersize=2, linewidth=1,
                 linestyle=":" if key == REDIS_DEPTH else "-", label=key if key == REDIS_DEPTH else f"API /metrics: {key}")
-    style(ax, f"queue depth, sampled every {QUEUE_INTERVAL_S * 1000:.0f} ms (a gap: the API did not answer /metrics in "
-          "time)", ylabel="requests in the Redis queue", legend=None, bottom=0)
+    results.style(ax, f"queue depth, sampled every {QUEUE_INTERVAL_S * 1000:.0f} ms (a gap: the API did not answer /metrics in "
+                  "time)", ylabel="requests in the Redis queue", legend=None, bottom=0)
     handles, labels = ax.get_legend_handles_labels()
     o_ax = ax.twinx()
     label = "requests awaiting an answer (the client's count: sent, or due if open loop; right axis)"

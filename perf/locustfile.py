@@ -1,11 +1,6 @@
 """Locust profiles against a running API: `locust -f perf/locustfile.py <UserClass> --host http://127.0.0.1:8000`
-(name the class: Locust otherwise mixes them). `OriginalUser`: the original validation profile (80 % POST
-/predict, 10 % GET /healthz, 10 % GET /download_processed/demo/features.parquet, 0-100 ms between tasks);
-`PredictOnlyUser`: /predict back to back; `OverloadUser`: /predict at `--perf-user-rate` per user, each with
-`X-Request-Timeout-Ms: --perf-timeout-ms`; `FlaskEchoUser`: `OriginalUser`'s pacing against perf/echo.py's Flask
-echo. Every answer is checked by perf/checks.py: a 429 or 503 with the contract's body and an integer Retry-After
-is load shedding (a success). `--perf-responses PATH` writes every response to PATH-<pid>.csv for perf/.
-"""
+(name the class: Locust otherwise mixes them). The profiles, and why a 429 or 503 with the contract's body counts as
+a success: perf/README.md. `--perf-responses PATH` writes every response to PATH-<pid>.csv for perf/."""
 
 from __future__ import annotations
 

@@ -53,9 +53,10 @@ class Responses:
                    np.array([r["valid"] == "1" for r in rows], dtype=bool), [r["detail"] for r in rows])
 
     @classmethod
-    def read(cls, path: Path) -> Responses:
+    def read(cls, path: Path, shift_s: float = 0.0) -> Responses:
+        """The responses file of a client run; `shift_s` added to every start (to put it on another clock)."""
         with open(path, newline="") as handle:
-            return cls.from_rows(list(csv.DictReader(handle)))
+            return cls.from_rows(list(csv.DictReader(handle)), -shift_s)
 
     @classmethod
     def concat(cls, parts: Sequence[Responses]) -> Responses:

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from perf.measure import PERCENTILES, log_events, log_size, percentile, scrape_metrics
-from perf.results import begin, figure, goals, markdown_table, ms, plot_percentiles, plot_statuses, save, setup, style, write_csv, write_summary
-from perf.runs import RUN_HEADERS, Run, by_quick, drive, scenario_parser, server_env, warm_up
+from perf import results
+from perf.measure import log_events, log_size, percentile, scrape_metrics
+from perf.runs import Run, drive, parse, scenario_parser, server_env, warm_up
 from perf.stack import Stack
 
 GOAL_RATIO = 3.0
@@ -22,15 +22,11 @@ BUCKET = 'inference_batch_size_bucket{le="'
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = scenario_parser("microbatch", __doc__, "8 s runs instead of 20 s", threads=32, processes=2)
-    parser.add_argument("--duration-s", type=float, default=None, help="length of each run (default 20, --quick 8)")
-    parser.add_argument("--warmup-s", type=float, default=None, help="left out of the figures (default 2, --quick 1)")
+    parser = scenario_parser("microbatch", __doc__, "8 s runs instead of 20 s", threads=32, processes=2, runs=True)
     parser.add_argument("--concurrency", default="64,256", help="comma-separated connection counts")
     parser.add_argument("--label", default="", help="results in ...-microbatch-<label>/ (a variant next to the default run)")
-    args = by_quick(parser.parse_args(argv), duration_s=(20.0, 8.0), warmup_s=(2.0, 1.0))
+    args = parse(parser, argv)
     args.levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
-    if args.warmup_s >= args.duration_s:
-        parser.error("--warmup-s must be shorter than --duration-s")
     if args.label and not args.label.replace("-", "").isalnum():
         parser.error("--label takes letters, digits and dashes")
     if not args.levels or min(args.levels) < 1:
@@ -70,25 +66,22 @@ def measure(args: argparse.Namespace, raw: Path, stack: Stack, mode: str, connec
 
 
 def plot(out: Path, args: argparse.Namespace, runs: list[BatchRun]) -> None:
-    fig, axes = figure(len(runs), f"microbatch: /predict latency percentiles per second ({args.duration_s:g} s runs)", 2.8)
+    fig, axes = results.figure(len(runs), f"microbatch: /predict latency percentiles per second ({args.duration_s:g} s runs)", 2.8)
     for ax, r in zip(axes, runs, strict=True):
-        plot_percentiles(ax, r.run.per_second, r.label,
-                         title=f"{r.label}: {r.run.throughput:.0f}/s, p99 {ms(r.run.stats['p99'])} ms")
-    save(fig, out / "microbatch_latency.png")
-    fig, axes = figure(len(args.levels), "microbatch: /predict responses per second, batching on and off")
+        results.plot_percentiles(ax, r.run.per_second, r.label,
+                                 title=f"{r.label}: {r.run.throughput:.0f}/s, p99 {results.ms(r.run.stats['p99'])} ms")
+    results.save(fig, out / "microbatch_latency.png")
+    fig, axes = results.figure(len(args.levels), "microbatch: /predict responses per second, batching on and off")
     for ax, connections in zip(axes, args.levels, strict=True):
-        for r in (r for r in runs if r.connections == connections):
-            ax.plot([row["second"] for row in r.run.per_second], [row["responses"] for row in r.run.per_second],
-                    marker="o", markersize=3, label=f"batching {r.mode}: {r.run.throughput:.0f}/s over the window")
-        ax.axvline(args.warmup_s, color="grey", linewidth=0.8, linestyle=":", label="end of warm-up")
-        style(ax, f"{connections} connections", ylabel="responses / s", legend="best", bottom=0)
-    save(fig, out / "microbatch_throughput.png")
-    fig, axes = figure(len(runs), "microbatch: responses per second by status code", height=2.6)
+        results.plot_throughput(ax, {f"batching {r.mode}": r.run for r in runs if r.connections == connections}, args.warmup_s,
+                                f"{connections} connections", "best")
+    results.save(fig, out / "microbatch_throughput.png")
+    fig, axes = results.figure(len(runs), "microbatch: responses per second by status code", height=2.6)
     for ax, r in zip(axes, runs, strict=True):
-        plot_statuses(ax, r.run.responses, f"{r.label}: responses per second by status code", len(r.run.per_second))
-    save(fig, out / "microbatch_status.png")
+        results.plot_statuses(ax, r.run.responses, f"{r.label}: responses per second by status code", len(r.run.per_second))
+    results.save(fig, out / "microbatch_status.png")
     on = [r for r in runs if r.mode == "on"]
-    fig, axes = figure(len(on), "microbatch: batch sizes sent by the API with batching on (batch_sent events)")
+    fig, axes = results.figure(len(on), "microbatch: batch sizes sent by the API with batching on (batch_sent events)")
     for ax, r in zip(axes, on, strict=True):
         sizes = Counter(r.batches)
         xs = sorted(sizes)
@@ -97,25 +90,20 @@ def plot(out: Path, args: argparse.Namespace, runs: list[BatchRun]) -> None:
         twin.plot(xs, [sizes[s] * s for s in xs], "o-", color="tab:orange", markersize=3, label="requests in batches of this size")
         twin.set_ylabel("requests", color="tab:orange")
         twin.legend(fontsize=8, loc="upper right")
-        style(ax, f"{r.connections} connections: {r.batch['batches']} batches, mean size {r.batch['mean']:.1f}",
-              "batch size (requests per model call)", "batches", legend="upper left")
-    save(fig, out / "microbatch_batch_sizes.png")
+        results.style(ax, f"{r.connections} connections: {r.batch['batches']} batches, mean size {r.batch['mean']:.1f}",
+                      "batch size (requests per model call)", "batches", legend="upper left")
+    results.save(fig, out / "microbatch_batch_sizes.png")
 
 
 def write_tables(out: Path, runs: list[BatchRun], args: argparse.Namespace) -> None:
-    write_csv(out / "microbatch_summary.csv",
-              ["batching", "connections", "window_s", "throughput_per_s", *(f"p{p}_ms" for p in PERCENTILES), "max_ms",
-               "non_200", "invalid", "batches", "mean_batch_size", "api_cores", "worker_cores", "client_cores"],
-              [[r.mode, r.connections, args.duration_s - args.warmup_s, round(r.run.throughput, 1),
-                *(round(r.run.stats[f"p{p}"], 3) for p in PERCENTILES), round(r.run.stats["max"], 3),
-                int((r.run.responses.status != 200).sum()), sum(r.run.responses.invalid().values()), r.batch["batches"],
-                round(r.batch["mean"], 2), r.run.cores.get("api"), worker_cores(r.run), r.run.cores["client"]] for r in runs])
-    write_csv(out / "microbatch_per_second.csv",
-              ["batching", "connections", "second", "responses", "p50_ms", "p95_ms", "p99_ms", "non_200"],
-              [[r.mode, r.connections, row["second"], row["responses"], row["p50_ms"], row["p95_ms"], row["p99_ms"],
-                sum(n for code, n in row["statuses"].items() if code != 200)] for r in runs for row in r.run.per_second])
-    write_csv(out / "microbatch_batch_sizes.csv", ["connections", "batch_size", "batches"],
-              [[r.connections, size, n] for r in runs if r.mode == "on" for size, n in sorted(Counter(r.batches).items())])
+    results.write_csv(out / "microbatch_summary.csv",
+                      ["batching", "connections", "window_s", *Run.CSV_COLUMNS, "batches", "mean_batch_size", "api_cores",
+                       "worker_cores", "client_cores"],
+                      [[r.mode, r.connections, args.duration_s - args.warmup_s, *r.run.csv_cells(), r.batch["batches"],
+                        round(r.batch["mean"], 2), r.run.cores.get("api"), worker_cores(r.run), r.run.cores["client"]] for r in runs])
+    results.per_second_csv(out / "microbatch_per_second.csv", {r.label: r.run.per_second for r in runs})
+    results.write_csv(out / "microbatch_batch_sizes.csv", ["connections", "batch_size", "batches"],
+                      [[r.connections, size, n] for r in runs if r.mode == "on" for size, n in sorted(Counter(r.batches).items())])
 
 
 def worker_cores(run: Run) -> float:
@@ -128,17 +116,17 @@ def summary(out: Path, info: dict[str, Any], args: argparse.Namespace, settings:
     ratio = {c: by["on", c].goodput / by["off", c].goodput if by["off", c].goodput else float("nan") for c in args.levels}
     low, high = min(args.levels), max(args.levels)
     changes = "; ".join(f"batching {m}: {low} -> {high} connections changed throughput {by[m, low].throughput:.0f} -> "
-                        f"{by[m, high].throughput:.0f}/s and p99 {ms(by[m, low].stats['p99'])} -> "
-                        f"{ms(by[m, high].stats['p99'])} ms" for m in ("on", "off"))
+                        f"{by[m, high].throughput:.0f}/s and p99 {results.ms(by[m, low].stats['p99'])} -> "
+                        f"{results.ms(by[m, high].stats['p99'])} ms" for m in ("on", "off"))
     per_answer = [f"{r.label}: API {r.run.cores.get('api', 0) * 1000 / max(r.run.throughput, 1e-9):.2f} ms, worker "
                   f"{worker_cores(r.run) * 1000 / max(r.run.throughput, 1e-9):.2f} ms" for r in runs]
-    write_summary(out, "microbatch: /predict with micro-batching on and off", info, __doc__, [
-        setup(args, settings),
-        goals("microbatch", ["goal: valid 200s per second, on / off >= 3x", "on (p99 of the 200s)", "off", "ratio", "verdict"], [
-            [f"{c} connections", *(f"{by[m, c].goodput:.0f} (p99 {ms(by[m, c].answered_stats['p99'])} ms)" for m in ("on", "off")),
+    results.write_summary(out, "microbatch: /predict with micro-batching on and off", info, __doc__, [
+        results.setup(args, settings),
+        results.goals("microbatch", ["goal: valid 200s per second, on / off >= 3x", "on (p99 of the 200s)", "off", "ratio", "verdict"], [
+            [f"{c} connections", *(f"{by[m, c].goodput:.0f} (p99 {results.ms(by[m, c].answered_stats['p99'])} ms)" for m in ("on", "off")),
              f"**{ratio[c]:.2f}x**", "met" if ratio[c] >= GOAL_RATIO else "**missed**"] for c in args.levels]),
-        "## Results\n\n" + markdown_table(RUN_HEADERS, [[r.label, *r.run.row()[1:]] for r in runs]),
-        "### Batch sizes with batching on\n\n" + markdown_table(
+        "## Results\n\n" + results.markdown_table(Run.HEADERS, [[r.label, *r.run.row()[1:]] for r in runs]),
+        "### Batch sizes with batching on\n\n" + results.markdown_table(
             ["connections", "batches", "requests in them", "mean size", "p50", "p90", "max",
              "/metrics histogram delta (batches per bucket)"],
             [[r.connections, *(r.batch[k] for k in ("batches", "requests")), *(f"{r.batch[k]:.3g}" for k in ("mean", "p50", "p90")),
@@ -157,7 +145,7 @@ def summary(out: Path, info: dict[str, Any], args: argparse.Namespace, settings:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    info, out, raw = begin(f"microbatch-{args.label}" if args.label else "microbatch")
+    info, out, raw = results.begin(f"microbatch-{args.label}" if args.label else "microbatch")
     runs: list[BatchRun] = []
     for mode, flag in (("on", "true"), ("off", "false")):
         with Stack(raw / f"logs-{mode}", env=server_env(args, ENABLE_MICROBATCH=flag)) as stack:

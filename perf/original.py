@@ -7,20 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from perf.locust_runs import (
-    LoadRun,
-    echo_ratio_text,
-    flask_echo_reference,
-    plot_run,
-    profile_args,
-    profile_parser,
-    profile_setup,
-    profile_stack,
-    run_files,
-    run_locust,
-    run_section,
-    write_run_csvs,
-)
+from perf import locust_runs
+from perf.locust_runs import LoadRun
 from perf.measure import Responses, latency_stats
 from perf.results import begin, counts, goals, markdown_table, ms, verdict, write_summary
 from perf.runs import probing
@@ -45,21 +33,20 @@ def goal_rows(run: LoadRun) -> list[list[Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = profile_parser("original", __doc__, run_time_s=60.0)
+    parser = locust_runs.profile_parser("original", __doc__, run_time_s=60.0)
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--no-reference", dest="reference", action="store_false", help="skip the run against the Flask echo")
-    args = profile_args(parser.parse_args(argv))
+    args = locust_runs.profile_args(parser.parse_args(argv))
     info, out, raw = begin("original")
     probes = {name: ["--path", request.split()[1], "--interval-ms", "20", "--duration-s", str(args.run_time_s), *extra]
               for name, (request, _, extra) in PROBES.items()}
-    with profile_stack(args, raw) as (stack, echo), probing(stack.port, raw, probes) as files:
-        run = run_locust(stack, out, "original", f"original profile: {args.users} Locust users", "OriginalUser",
+    with locust_runs.profile_stack(args, raw) as (stack, echo), probing(stack.port, raw, probes) as files:
+        run = locust_runs.run_locust(stack, out, "original", f"original profile: {args.users} Locust users", "OriginalUser",
                          users=args.users, spawn_rate=args.spawn_rate, run_time_s=args.run_time_s, extra=args.locust_extra)
-    reference = flask_echo_reference(out, users=args.users, spawn_rate=args.spawn_rate, run_time_s=args.run_time_s,
+    reference = locust_runs.flask_echo_reference(out, users=args.users, spawn_rate=args.spawn_rate, run_time_s=args.run_time_s,
                                      threads=args.threads) if args.reference else None
     probed = {name: Responses.read(path) for name, path in files.items()}
-    write_run_csvs(out, run)
-    plot_run(out, run, {"/predict": PREDICT_P95_GOAL_MS, "/healthz": HEALTHZ_P99_GOAL_MS})
+    files = locust_runs.write_run(out, run, {"/predict": PREDICT_P95_GOAL_MS, "/healthz": HEALTHZ_P99_GOAL_MS})
     rows = []
     for name, responses in probed.items():
         request, how, _ = PROBES[name]
@@ -69,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
                      " / ".join(ms(theirs[k]) for k in ("p50", "p95", "p99"))])
         print(f"original: {name} (a light client beside Locust): p50 {ms(s['p50'])}, p99 {ms(s['p99'])} ms", flush=True)
     sections = [
-        profile_setup(args, run, str(args.users), echo),
+        locust_runs.profile_setup(args, run, str(args.users), echo),
         goals("original", ["goal", "original system", "this run", "verdict"], goal_rows(run)),
-        "## Results\n\n" + run_section(run) + f"\n- {echo_ratio_text(run, echo)}.",
+        "## Results\n\n" + locust_runs.run_section(run) + f"\n- {locust_runs.echo_ratio_text(run, echo)}.",
         "Latency is Locust's, from sending the request to the last byte of the answer; Locust's own percentiles "
         "(last column) are rounded, the others exact, from every response.",
         "### The same run, seen by light clients of their own\n\n" + markdown_table(
@@ -88,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                 [[f"{rate:.0f}", ms(s["p50"]), ms(s["p95"]), ms(s["p99"]), f"{int(reference.valid.sum())} of {len(reference)}",
                   verdict(s["p95"], PREDICT_P95_GOAL_MS)]]))
         print(f"original: reference, a Flask app doing nothing: {rate:.0f} responses/s, p95 {ms(s['p95'])} ms", flush=True)
-    write_summary(out, "original: the original validation profile with Locust", info, __doc__, sections, run_files(run))
-    print(f"original: {echo_ratio_text(run, echo)}; client cores {run.cores.get('client (Locust)')}", flush=True)
+    write_summary(out, "original: the original validation profile with Locust", info, __doc__, sections, files)
+    print(f"original: {locust_runs.echo_ratio_text(run, echo)}; client cores {run.cores.get('client (Locust)')}", flush=True)
     broken_reference = int((~reference.valid).sum()) if reference is not None else 0
     return 1 if run.broken() or broken_reference or sum(r.invalid().total() for r in probed.values()) else 0
 

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from perf import capacity
-from perf.locust_runs import REDIS_DEPTH, LoadRun, QueueWatch, clip_outlier, plot_run, run_files, run_locust, run_section, write_run_csvs
+from perf.locust_runs import REDIS_DEPTH, LoadRun, QueueWatch, clip_outlier, run_locust, run_section, write_run
 from perf.measure import CpuMeter, Responses, latency_stats
-from perf.results import begin, cores_text, counts, figure, goals, markdown_table, ms, save, setup, style, verdict, write_csv, write_summary
-from perf.runs import RUN_HEADERS, Run, by_quick, drive, run_client, scenario_parser, server_env, wait_drained, warm_up
+from perf.results import begin, cores_text, counts, figure, goals, markdown_table, ms, save, setup, style, table, verdict, write_summary
+from perf.runs import Run, drive, parse, run_client, scenario_parser, server_env, wait_drained, warm_up
 from perf.stack import Stack, StackError
 
 GOODPUT_GOAL = 0.9
@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--run-time-s", type=float, default=None, help="length of the overload run (default 60, --quick 20)")
     parser.add_argument("--timeout-ms", type=int, default=1000, help="X-Request-Timeout-Ms of every request")
     parser.add_argument("--user-rate", type=float, default=1.0, help="locust: requests per second per user")
-    args = by_quick(parser.parse_args(argv), run_time_s=(60.0, 20.0), capacity_s=(12.0, 8.0))
+    args = parse(parser, argv, run_time_s=(60.0, 20.0), capacity_s=(12.0, 8.0))
     if args.factor <= 0 or args.timeout_ms <= 0 or args.user_rate <= 0:
         parser.error("--factor, --timeout-ms and --user-rate must be positive")
     return args
@@ -173,25 +173,19 @@ def main(argv: list[str] | None = None) -> int:
                              extra=["--perf-user-rate", f"{args.user_rate:g}", "--perf-timeout-ms", str(args.timeout_ms)])
             run.offered_per_s = rate
     v = Verdicts(run, args.timeout_ms, found)
-    write_run_csvs(out, run)
-    if steps:
-        write_csv(out / "overload_capacity_steps.csv", ["step", "offered_per_s", "achieved_per_s", "p50_ms", "p99_ms",
-                                                         "errors", "held"],
-                  [[s.index, round(s.rate, 1), round(s.achieved, 1), round(s.stats["p50"], 3), round(s.stats["p99"], 3),
-                    s.errors, int(s.held)] for s in steps])
     r = run.endpoints["/predict"]
-    plot_run(out, run, {"/predict 429": SHED_P99_GOAL_MS, "/predict 200": float(args.timeout_ms)},
-             {f"/predict {code}": r.where(r.status == code) for code in sorted(set(r.status.tolist()) - {0})})
+    files = write_run(out, run, {"/predict 429": SHED_P99_GOAL_MS, "/predict 200": float(args.timeout_ms)},
+                      {f"/predict {code}": r.where(r.status == code) for code in sorted(set(r.status.tolist()) - {0})})
     plot_deadlines(out, run, v)
     client_line = (f"offered {v.offered:.0f} req/s (target {rate:.0f}); send delay p99 {client.get('send_delay_p99_ms')} ms, "
                    f"max {client.get('send_delay_max_ms')} ms; largest backlog {client.get('max_backlog')} requests; "
                    f"{client.get('connects')} connections opened" if client else
                    f"offered {v.offered:.0f} req/s (target {rate:.0f}) from {users} users at {args.user_rate:g} req/s each")
     if saturated is not None:
-        measured = "### Capacity: /predict at saturation (same stack, just before)\n\n" + markdown_table(RUN_HEADERS, [saturated.row()])
+        measured = "### Capacity: /predict at saturation (same stack, just before)\n\n" + markdown_table(Run.HEADERS, [saturated.row()])
     elif steps:
-        measured = "### Capacity: perf/capacity.py's search (same stack, just before)\n\n" + markdown_table(
-            ["step", "offered/s", "achieved/s", "p50 ms", "p99 ms", "errors", "verdict"],
+        measured = "### Capacity: perf/capacity.py's search (same stack, just before)\n\n" + table(
+            out / "overload_capacity_steps.csv", ["step", "offered/s", "achieved/s", "p50 ms", "p99 ms", "errors", "verdict"],
             [[s.index, f"{s.rate:.0f}", f"{s.achieved:.0f}", ms(s.stats["p50"]), ms(s.stats["p99"]), s.errors,
               "held" if s.held else "missed"] for s in steps])
     else:
@@ -207,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         "Latency with `perf.loadgen` is from each request's due time (the client's own lateness counts against the "
         "API); with Locust from when it was sent. Goodput is the valid 200s within the deadline over the time from "
         f"the first request to the last answer ({v.span_s:.1f} s).", measured],
-        {**run_files(run), "overload_deadlines.png": "goodput per second and p99 by status against the deadline",
+        {**files, "overload_deadlines.png": "goodput per second and p99 by status against the deadline",
          **({"overload_capacity_steps.csv": "the capacity search's steps"} if steps else {})})
     print(f"overload: offered {v.offered:.0f} req/s by {run.client}; cores {cores_text(run.cores)}", flush=True)
     # Functional failure: a broken answer or a dead process (transport errors under overload are a goal missed).

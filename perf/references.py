@@ -1,8 +1,6 @@
-"""The two simpler designs `compare` measures this project against, serving the one comparison model:
-`inprocess` (a Flask view calling the model) and `celery-api` + `celery-worker` (a Flask view sending one Celery
-task per request and waiting for it with `.get()`), both with the project's request and answer bodies, input
-validation, model store and settings, on waitress. `publish` trains the model (50 boosted trees: costlier per call
-than the demo's ridge, so that batching matters), stores and promotes it.
+"""The two simpler designs `compare` measures this project against (perf/README.md), with the project's bodies,
+validation, model store and settings on waitress; `publish` trains, stores and promotes their model (50 boosted
+trees: costlier per call than the demo's ridge, so that batching matters).
 
     python -m perf.references publish | inprocess | celery-api | celery-worker
 """

@@ -134,6 +134,22 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) 
     return path
 
 
+STAT_COLUMNS = [*(f"p{p}_ms" for p in PERCENTILES), "max_ms"]
+
+
+def stat_cells(stats: Mapping[str, float]) -> list[float]:
+    """The STAT_COLUMNS of `perf.measure.latency_stats`, for a CSV row."""
+    return [round(stats[key], 3) for key in (*(f"p{p}" for p in PERCENTILES), "max")]
+
+
+def per_second_csv(path: Path, series: Mapping[str, Sequence[Mapping[str, Any]]], key: str = "run") -> Path:
+    """Per-second rows (`perf.measure.Responses.per_second`) of each named series, one CSV in long form."""
+    return write_csv(path, [key, "second", "responses", *STAT_COLUMNS, "statuses"],
+                     [[name, row["second"], row["responses"], *(row[c] for c in STAT_COLUMNS),
+                       " ".join(f"{code}:{n}" for code, n in sorted(row["statuses"].items()))]
+                      for name, rows in series.items() for row in rows])
+
+
 def verdict(value: float, limit: float) -> str:
     return "met" if value <= limit else "**missed**"
 
@@ -193,6 +209,15 @@ def plot_percentiles(ax: Any, per_second: Sequence[Mapping[str, Any]], label: st
     if goal_ms is not None:
         ax.axhline(goal_ms, color="red", linewidth=0.8, label=f"goal {goal_ms:g} ms")
     style(ax, title, ylabel="latency (ms)", log="y")
+
+
+def plot_throughput(ax: Any, runs: Mapping[str, Any], warmup_s: float, title: str, legend: str = "lower right") -> None:
+    """Responses per second of each run (`perf.runs.Run`, by label), the end of the warm-up marked."""
+    for label, run in runs.items():
+        ax.plot([r["second"] for r in run.per_second], [r["responses"] for r in run.per_second], marker="o", markersize=3,
+                label=f"{label}: {run.throughput:.0f}/s over the window")
+    ax.axvline(warmup_s, color="grey", linewidth=0.8, linestyle=":", label="end of warm-up")
+    style(ax, title, ylabel="responses / s", legend=legend, bottom=0)
 
 
 def plot_statuses(ax: Any, responses: Any, title: str, span_s: float, bin_s: float = 1.0) -> None:

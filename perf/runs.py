@@ -18,7 +18,7 @@ from devtools.processes import PYTHON, ManagedProcess, http_ok
 from devtools.services import free_port
 from perf.loadgen import N_FEATURES
 from perf.measure import CpuMeter, Responses, latency_stats
-from perf.results import cores_text, counts, ms
+from perf.results import STAT_COLUMNS, cores_text, counts, ms, stat_cells
 from perf.stack import StackError, child_env, wait_child
 
 DRAIN_WAIT_S = 15.0
@@ -73,6 +73,9 @@ class Run:
     """One client run: its responses, the figures over a window of it (by completion time), the CPU of the
     process trees measured beside it and the client's own."""
 
+    HEADERS = ["run", "responses/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "statuses (whole run)", "invalid", "cores used"]
+    CSV_COLUMNS = ["responses_in_window", "throughput_per_s", *STAT_COLUMNS, "non_200", "invalid_bodies"]
+
     def __init__(self, name: str, responses: Responses, client: Mapping[str, Any], meter: CpuMeter | None,
                  window: tuple[float, float]) -> None:
         self.name, self.responses, self.client = name, responses, dict(client)
@@ -94,9 +97,10 @@ class Run:
         return [self.name, f"{self.throughput:.0f}", ms(s["p50"]), ms(s["p95"]), ms(s["p99"]), ms(s["max"]),
                 counts(self.responses.statuses()), sum(self.responses.invalid().values()), cores_text(self.cores)]
 
-
-RUN_HEADERS = ["run", "responses/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "statuses (whole run)", "invalid",
-               "cores used"]
+    def csv_cells(self) -> list[Any]:
+        """The CSV_COLUMNS of this run."""
+        return [len(self.window), round(self.throughput, 1), *stat_cells(self.stats), int((self.responses.status != 200).sum()),
+                self.responses.invalid().total()]
 
 
 def drive(raw: Path, name: str, port: int, roots: Mapping[str, int], *, seconds: float, warmup_s: float = 0.0,
@@ -110,17 +114,23 @@ def drive(raw: Path, name: str, port: int, roots: Mapping[str, int], *, seconds:
     return Run(label or name, Responses.read(raw / f"{name}.csv"), client, meter, (warmup_s, seconds))
 
 
+@contextlib.contextmanager
+def echo_server(log_dir: Path, name: str, threads: int, flask: bool = False) -> Iterator[tuple[int, ManagedProcess]]:
+    """perf/echo.py serving on a free port (`flask`: the one-route Flask echo), ready: its port and process."""
+    port = free_port()
+    command = [PYTHON, "-m", "perf.echo", "--serve", "--port", str(port), "--threads", str(threads), *(["--flask"] if flask else [])]
+    with ManagedProcess(name, command, child_env({}), log_dir) as server:
+        server.wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/echo", 405 if flask else 200), 30, "/echo")  # Flask: POST only
+        yield port, server
+
+
 def echo_baseline(raw: Path, seconds: float, connections: int = 64, threads: int = 16, flask: bool = False) -> Run:
-    """The echo server (`flask`: the one-route Flask echo, perf/echo.py) driven like /predict: closed loop over
-    `connections` for `seconds`, the first 2 s (at most a quarter) left out."""
+    """The echo server (`flask`: the one-route Flask echo) driven like /predict: closed loop over `connections` for
+    `seconds`, the first 2 s (at most a quarter) left out."""
     name = "flask-echo" if flask else "echo"
     print(f"{name} baseline: {connections} connections for {seconds:g} s", flush=True)
     (raw / "logs").mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    command = [PYTHON, "-m", "perf.echo", "--serve", "--port", str(port), "--threads", str(threads),
-               *(["--flask"] if flask else [])]
-    with ManagedProcess(name, command, child_env({}), raw / "logs") as server:
-        server.wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/echo", 405 if flask else 200), 30, "/echo")  # Flask: POST only
+    with echo_server(raw / "logs", name, threads, flask) as (port, server):
         return drive(raw, name, port, {f"{name} server": server.pid}, seconds=seconds, warmup_s=min(2.0, seconds / 4),
                      args=["--path", "/echo", "--connections", str(connections)],
                      label="echo (Flask on waitress)" if flask else "echo (bare waitress)")
@@ -143,11 +153,15 @@ def wait_drained(depth: Callable[[], int]) -> None:
 
 
 def scenario_parser(name: str, doc: str | None, quick: str, *, threads: int = 0, processes: int = 0, workers: int = 2,
-                    pool: int = 0, preopen: int = 0) -> argparse.ArgumentParser:
+                    pool: int = 0, preopen: int = 0, runs: bool = False) -> argparse.ArgumentParser:
     """A scenario's options: `--quick` (what it shortens), the stack's HTTP_THREADS, HTTP_PROCESSES and QUEUE_WORKERS
-    where the scenario sets them, and the open-loop client's pool where it uses one."""
+    where the scenario sets them, the open-loop client's pool where it uses one, and with `runs` the length of each
+    closed-loop run and its warm-up (see `parse`)."""
     parser = argparse.ArgumentParser(prog=f"python -m perf --scenario {name}", description=(doc or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=quick)
+    if runs:
+        parser.add_argument("--duration-s", type=float, default=None, help="length of each run (default 20, --quick 8)")
+        parser.add_argument("--warmup-s", type=float, default=None, help="left out of the figures (default 2, --quick 1)")
     if threads:
         parser.add_argument("--threads", type=int, default=threads, help="HTTP_THREADS of each API process")
     if processes:
@@ -158,6 +172,16 @@ def scenario_parser(name: str, doc: str | None, quick: str, *, threads: int = 0,
         parser.add_argument("--pool", type=int, default=pool, help="most connections the open-loop client opens")
         parser.add_argument("--preopen", type=int, default=preopen, help="connections opened before its clock starts")
     return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None, **defaults: tuple[float, float]) -> argparse.Namespace:
+    """The options, those left unset by `--quick` (`by_quick`); a warm-up shorter than its run."""
+    args = by_quick(parser.parse_args(argv), **defaults)
+    if hasattr(args, "warmup_s"):
+        by_quick(args, duration_s=(20.0, 8.0), warmup_s=(2.0, 1.0))
+        if args.warmup_s >= args.duration_s:
+            parser.error("--warmup-s must be shorter than --duration-s")
+    return args
 
 
 def by_quick(args: argparse.Namespace, **defaults: tuple[float, float]) -> argparse.Namespace:

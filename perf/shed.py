@@ -32,8 +32,7 @@ def fill_queue(stack: Stack, raw: Path, maxsize: int, threads: int, timeout_ms: 
         client = run_client("load", stack.port, out, timeout_s=60 + timeout_ms / 1000 * missing, args=[
             "--connections", str(min(threads, missing)), "--requests", str(missing), "--duration-s", "60",
             "--header", f"X-Request-Timeout-Ms:{timeout_ms}"])
-        responses = Responses.read(out)
-        responses.start_s += client["t0_epoch"]
+        responses = Responses.read(out, client["t0_epoch"])
         runs.append(responses)
         statuses.update(responses.statuses())
     return {"depth": probe.depth(), "rounds": len(runs), "statuses": dict(statuses), "runs": runs,
@@ -51,9 +50,8 @@ def measure(stack: Stack, raw: Path, name: str, calls: int, connections: int) ->
     span = float(responses.end_s.max()) - float(responses.start_s.min()) if len(responses) else 0.0
     shed_ok = sum(s == 429 and ok and d.startswith("queue_full ")
                   for s, ok, d in zip(responses.status, responses.valid, responses.detail, strict=True))
-    on_clock = Responses.read(out)
-    on_clock.start_s += client["t0_epoch"]
-    return {"name": name, "connections": connections, "responses": responses, "shed_ok": int(shed_ok), "on_clock": on_clock,
+    return {"name": name, "connections": connections, "responses": responses, "shed_ok": int(shed_ok),
+            "on_clock": Responses.read(out, client["t0_epoch"]),
             "rate": len(responses) / max(span, 1e-9) if len(responses) else 0.0,
             "stats": latency_stats(responses.latency_ms),
             "retry_after": Counter(d.split("retry_after=", 1)[1] for d in responses.detail if "retry_after=" in d),

@@ -14,8 +14,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from devtools.processes import PYTHON, ROOT, ManagedProcess, start_api, start_worker
 from devtools.services import Service, free_port, start_kafka, start_redis, start_s3
 
@@ -184,9 +182,6 @@ class Stack(contextlib.ExitStack):
         """The process trees whose CPU a run reports: the API, each worker node, Redis."""
         assert self.redis.process is not None
         return {"api": self.api.pid, **{w.name: w.pid for w in self.workers}, "redis": self.redis.process.pid}
-
-    def model(self) -> dict[str, Any]:
-        return dict(requests.get(f"{self.url}/model", timeout=5).json())
 
     def queue_probe(self) -> Any:
         import redis

@@ -78,7 +78,6 @@ class MicroBatcher:
         self.size = size
         self.timeout_s = timeout_ms / 1000
         self._items: list[Item] = []
-        self._in_flight = 0
         self._inside = 0  # rows submitted whose request has not had its answer yet
         self._last_arrival = float("-inf")
         self._mean_gap_s = self.timeout_s
@@ -194,13 +193,9 @@ class MicroBatcher:
         for item in live:
             item.batch = sent
         BATCH_SIZE_METRIC.labels("api").observe(len(live))
-        with self._lock:
-            self._in_flight += 1
         sent.outcome.add_done_callback(lambda done: self._resolve(live, done))
 
     def _resolve(self, items: list[Item], done: Future[Outcome]) -> None:
-        with self._lock:
-            self._in_flight -= 1
         try:
             outcome = done.result()
         except BaseException as error:  # noqa: BLE001
